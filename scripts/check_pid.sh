@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+#
+# Tell whether a server started by start_singleuser.sh still runs.
+#
+# Running means: the PID exists, is not a zombie, and started at the
+# recorded time (so a recycled PID is not mistaken for the server).
+# Prints {"running": true|false} and exits 0 (running) or 3 (not running).
+set -euo pipefail
+umask 077
+
+# shellcheck source=common.sh
+source "${BASH_SOURCE[0]%/*}/common.sh"
+
+usage() {
+  printf 'Usage: check_pid.sh --pid PID --start-time TICKS\n'
+}
+
+main() {
+  local pid="" start=""
+  while (($#)); do
+    case "$1" in
+      --pid) pid="${2?}"; shift 2 ;;
+      --start-time) start="${2?}"; shift 2 ;;
+      -h | --help) usage; exit 0 ;;
+      *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
+    esac
+  done
+  require_uint --pid "${pid}"
+  require_uint --start-time "${start}"
+  if is_alive "${pid}" "${start}"; then
+    printf '{"running": true}\n'
+    return "${RSS_EXIT_OK}"
+  fi
+  printf '{"running": false}\n'
+  return "${RSS_EXIT_NOT_RUNNING}"
+}
+
+main "$@"

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+#
+# Start a Jupyter single-user server inside a Singularity/Apptainer
+# container on this node, for the user running this script.
+#
+# Run by remote-singularity-spawner over SSH. The server's environment
+# (the Hub API token among it) arrives on stdin as NUL-separated KEY=VALUE
+# records, never in argv. On success prints one JSON line:
+#   {"pid": N, "start_time": N, "port": N, "log": "PATH"}
+# and exits 0. On failure prints a diagnostic (with the tail of the
+# server's log) on stderr and exits with a code from common.sh.
+set -euo pipefail
+umask 077
+
+# shellcheck source=common.sh
+source "${BASH_SOURCE[0]%/*}/common.sh"
+
+readonly MAX_ATTEMPTS=5
+readonly LOG_TAIL_LINES=25
+
+usage() {
+  cat <<'USAGE'
+Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
+                           [--bind SRC[:DEST[:ro|rw]]]... [--singularity-arg ARG]...
+                           [--port-range LOW-HIGH] [--timeout SECONDS]
+                           -- COMMAND [ARG...]  < environment
+
+  --exe              singularity or apptainer executable (name or path)
+  --image            container image (SIF file or sandbox directory)
+  --server-dir       directory for this server's pidfile and log (relative
+                     paths are under $HOME); created 0700
+  --bind             bind path, repeatable; passed to `exec --bind`
+  --singularity-arg  extra option for `singularity exec`, repeatable
+  --port-range       ports to choose from (default 49152-60999)
+  --timeout          seconds to wait for the server to listen (default 60)
+
+stdin: NUL-separated KEY=VALUE records exported for the server; must
+include JUPYTERHUB_SERVICE_URL, whose port is replaced by the chosen one.
+USAGE
+}
+
+#######################################
+# Export the KEY=VALUE records read from stdin (shell builtins only, so
+# no value ever shows in a process's argv).
+#######################################
+import_environment() {
+  local record key
+  while IFS= read -r -d '' record; do
+    key=${record%%=*}
+    if [[ "${record}" != *=* || ! "${key}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
+      die "${RSS_EXIT_BAD_INPUT}" "invalid environment record on stdin (key '${key:0:40}')"
+    fi
+    if [[ "${key}" =~ ${RSS_RESERVED_ENV_RE} ]]; then
+      printf '%s: not overriding %s from the Hub\n' "${0##*/}" "${key}" >&2
+      continue
+    fi
+    export "${record?}"
+  done
+}
+
+#######################################
+# Print the TCP ports on which something listens in this network namespace.
+#######################################
+listening_ports() {
+  local file local_address state _
+  for file in /proc/net/tcp /proc/net/tcp6; do
+    [[ -r "${file}" ]] || continue
+    while read -r _ local_address _ state _; do
+      [[ "${state}" == "0A" ]] && printf '%d\n' "0x${local_address##*:}"
+    done <"${file}"
+  done
+  return 0
+}
+
+is_listening() {
+  listening_ports | grep -qx -- "$1"
+}
+
+#######################################
+# Print a random port in [LOW, HIGH] on which nothing listens.
+#######################################
+pick_port() {
+  local low="$1" high="$2" try port
+  local -A busy=()
+  for port in $(listening_ports); do busy[${port}]=1; done
+  for ((try = 0; try < 100; try++)); do
+    port=$((low + (RANDOM * 32768 + RANDOM) % (high - low + 1)))
+    if [[ -z "${busy[${port}]:-}" ]]; then
+      printf '%s\n' "${port}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+#######################################
+# Kill what is left of a failed start: its process group, then wait.
+#######################################
+kill_group() {
+  local pgid="$1" i
+  kill -TERM -- "-${pgid}" 2>/dev/null || return 0
+  for ((i = 0; i < 20; i++)); do
+    [[ -z "$(group_members "${pgid}")" ]] && return 0
+    sleep 0.1
+  done
+  kill -KILL -- "-${pgid}" 2>/dev/null || true
+  wait "${pgid}" 2>/dev/null || true
+}
+
+log_tail() {
+  printf -- '--- last lines of %s ---\n' "$1" >&2
+  tail -n "${LOG_TAIL_LINES}" -- "$1" >&2 || true
+}
+
+main() {
+  local exe="" image="" server_dir="" port_range="49152-60999" timeout=60
+  local -a binds=() extra=()
+  while (($#)); do
+    case "$1" in
+      --exe) exe="${2?}"; shift 2 ;;
+      --image) image="${2?}"; shift 2 ;;
+      --server-dir) server_dir="${2?}"; shift 2 ;;
+      --bind) binds+=(--bind "${2?}"); shift 2 ;;
+      --singularity-arg) extra+=("${2?}"); shift 2 ;;
+      --port-range) port_range="${2?}"; shift 2 ;;
+      --timeout) timeout="${2?}"; shift 2 ;;
+      -h | --help) usage; exit 0 ;;
+      --) shift; break ;;
+      *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
+    esac
+  done
+  (($#)) || die "${RSS_EXIT_USAGE}" "no command given after --"
+  [[ -n "${exe}" && -n "${image}" && -n "${server_dir}" ]] \
+    || die "${RSS_EXIT_USAGE}" "--exe, --image and --server-dir are required"
+  [[ "${port_range}" =~ ^([0-9]+)-([0-9]+)$ ]] \
+    || die "${RSS_EXIT_USAGE}" "--port-range must be LOW-HIGH, got '${port_range}'"
+  local low=${BASH_REMATCH[1]} high=${BASH_REMATCH[2]}
+  ((1024 <= low && low <= high && high <= 65535)) \
+    || die "${RSS_EXIT_USAGE}" "--port-range ${port_range} is outside 1024-65535"
+  require_uint --timeout "${timeout}"
+  local cmd_exe
+  cmd_exe=$(command -v -- "${exe}") || die "${RSS_EXIT_USAGE}" "'${exe}' not found on PATH (${PATH})"
+
+  cd "${HOME}"
+  import_environment
+  local service_url=${JUPYTERHUB_SERVICE_URL:-}
+  [[ "${service_url}" =~ ^(https?://[^/]+):[0-9]+(/.*)?$ ]] \
+    || die "${RSS_EXIT_BAD_INPUT}" "JUPYTERHUB_SERVICE_URL missing or malformed on stdin"
+  local url_head=${BASH_REMATCH[1]} url_tail=${BASH_REMATCH[2]}
+
+  mkdir -p -- "${server_dir}"
+  chmod 700 -- "${server_dir}"
+  local log="${server_dir}/server.log" pidfile="${server_dir}/server.pid"
+  [[ "${log}" == /* ]] || log="${HOME}/${log}"
+
+  local attempt port pid start deadline
+  for ((attempt = 1; attempt <= MAX_ATTEMPTS; attempt++)); do
+    port=$(pick_port "${low}" "${high}") \
+      || die "${RSS_EXIT_NO_FREE_PORT}" "no free port in ${port_range}"
+    export JUPYTERHUB_SERVICE_URL="${url_head}:${port}${url_tail}"
+    : >"${log}"
+    # setsid makes the server a session and process-group leader: its PID
+    # is the group to signal, and it survives the end of this SSH session.
+    setsid "${cmd_exe}" exec "${extra[@]}" "${binds[@]}" "${image}" "$@" \
+      </dev/null >>"${log}" 2>&1 &
+    pid=$!
+    start=""
+    if proc_stat "${pid}"; then start=${PROC_START}; fi
+    deadline=$((SECONDS + timeout))
+    while is_alive "${pid}" "${start}" && ! is_listening "${port}"; do
+      if ((SECONDS >= deadline)); then
+        kill_group "${pid}"
+        log_tail "${log}"
+        die "${RSS_EXIT_START_TIMEOUT}" "the server did not listen on port ${port} within ${timeout}s"
+      fi
+      sleep 0.1
+    done
+    if is_alive "${pid}" "${start}"; then
+      printf '%s %s %s\n' "${pid}" "${start}" "${port}" >"${pidfile}"
+      printf '{"pid": %s, "start_time": %s, "port": %s, "log": %s}\n' \
+        "${pid}" "${start}" "${port}" "$(json_str "${log}")"
+      return 0
+    fi
+    local status=0
+    wait "${pid}" || status=$?
+    if grep -qiE 'address already in use|port [0-9]+ is already in use' -- "${log}"; then
+      printf '%s: port %s was taken meanwhile, retrying\n' "${0##*/}" "${port}" >&2
+      continue
+    fi
+    log_tail "${log}"
+    die "${RSS_EXIT_SERVER_DIED}" "the server exited with status ${status} during start"
+  done
+  die "${RSS_EXIT_NO_FREE_PORT}" "gave up after ${MAX_ATTEMPTS} ports were taken"
+}
+
+main "$@"

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+#
+# Stop a server started by start_singleuser.sh, and everything it started.
+#
+# SIGTERM to the server's process group (the runtime parent forwards it to
+# the container), wait up to --term-timeout, then SIGKILL to the group and to
+# every process that descended from the server (kernels that started their
+# own session included), wait up to --kill-timeout. A PID that now belongs
+# to another process (different start time) is left alone. Idempotent:
+# stopping a server that is gone succeeds.
+# Prints {"stopped": true, "signal": "none|TERM|KILL"} and exits 0, or exits 8
+# if something survived.
+set -euo pipefail
+umask 077
+
+# shellcheck source=common.sh
+source "${BASH_SOURCE[0]%/*}/common.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: stop.sh --pid PID --start-time TICKS [--server-dir DIR]
+               [--term-timeout SECONDS] [--kill-timeout SECONDS]
+USAGE
+}
+
+#######################################
+# Print the processes (PID START lines) that are still alive out of the
+# group PGID and the recorded descendants.
+#######################################
+survivors() {
+  local pgid="$1" pid start
+  group_members "${pgid}"
+  while read -r pid start; do
+    [[ -n "${pid}" ]] && is_alive "${pid}" "${start}" && printf '%s\n' "${pid}"
+  done <<<"${DESCENDANTS}"
+  return 0
+}
+
+#######################################
+# Wait until nothing survives or SECONDS pass. Returns 1 on timeout.
+#######################################
+wait_gone() {
+  local pgid="$1" deadline=$((SECONDS + $2))
+  while [[ -n "$(survivors "${pgid}")" ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+main() {
+  local pid="" start="" server_dir="" term_timeout=10 kill_timeout=5
+  while (($#)); do
+    case "$1" in
+      --pid) pid="${2?}"; shift 2 ;;
+      --start-time) start="${2?}"; shift 2 ;;
+      --server-dir) server_dir="${2?}"; shift 2 ;;
+      --term-timeout) term_timeout="${2?}"; shift 2 ;;
+      --kill-timeout) kill_timeout="${2?}"; shift 2 ;;
+      -h | --help) usage; exit 0 ;;
+      *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
+    esac
+  done
+  require_uint --pid "${pid}"
+  require_uint --start-time "${start}"
+  require_uint --term-timeout "${term_timeout}"
+  require_uint --kill-timeout "${kill_timeout}"
+  cd "${HOME}"
+
+  local signal=none
+  DESCENDANTS=""
+  if is_alive "${pid}" "${start}"; then
+    DESCENDANTS=$(descendants "${pid}")
+  elif proc_stat "${pid}" && [[ "${PROC_STATE}" != [ZX] ]]; then
+    # The PID was reused: the server is gone, and so is its group (the
+    # kernel does not reuse a PID that is still some group's ID).
+    pid=""
+  fi
+  if [[ -n "${pid}" && -n "$(survivors "${pid}")" ]]; then
+    signal=TERM
+    kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM -- "${pid}" 2>/dev/null || true
+    if ! wait_gone "${pid}" "${term_timeout}"; then
+      signal=KILL
+      kill -KILL -- "-${pid}" 2>/dev/null || true
+      local other other_start
+      while read -r other other_start; do
+        [[ -n "${other}" ]] && is_alive "${other}" "${other_start}" && kill -KILL -- "${other}" 2>/dev/null
+      done <<<"${DESCENDANTS}"
+      wait_gone "${pid}" "${kill_timeout}" \
+        || die "${RSS_EXIT_STOP_FAILED}" "still running after SIGKILL: $(survivors "${pid}" | tr '\n' ' ')"
+    fi
+  fi
+  if [[ -n "${server_dir}" ]]; then
+    rm -f -- "${server_dir}/server.pid"
+  fi
+  printf '{"stopped": true, "signal": "%s"}\n' "${signal}"
+}
+
+main "$@"

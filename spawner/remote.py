@@ -1,0 +1,347 @@
+"""Run the node scripts over SSH with Fabric.
+
+Knows nothing of JupyterHub. Every function here blocks (network, file
+reads) and is meant to run in a worker thread.
+
+The protocol with the scripts (see scripts/common.sh):
+
+- argv carries only validated, non-secret values, joined with
+  :func:`shlex.join`;
+- stdin carries the server's environment as NUL-separated ``KEY=VALUE``
+  records (the API token among them);
+- stdout carries one JSON line; stderr carries diagnostics for a person;
+- the exit code is one of :class:`ExitCode`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+import fabric
+import paramiko
+
+log = logging.getLogger(__name__)
+
+SCRIPT_FILES = ("common.sh", "start_singleuser.sh", "check_pid.sh", "stop.sh")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# bash's status for "script file not found".
+_EXIT_NO_SUCH_FILE = 127
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the node scripts (mirrors the table in scripts/common.sh)."""
+
+    OK = 0
+    NOT_RUNNING = 3
+    SERVER_DIED = 4
+    START_TIMEOUT = 5
+    NO_FREE_PORT = 6
+    BAD_INPUT = 7
+    STOP_FAILED = 8
+    USAGE = 64
+
+
+class RemoteError(Exception):
+    """Something went wrong on the way to the node or on it."""
+
+
+class ConnectError(RemoteError):
+    """The node could not be reached (network, sshd down, timeout)."""
+
+
+class HostKeyError(RemoteError):
+    """The node's host key is unknown or has changed: the spawn is refused."""
+
+
+class IdentityError(RemoteError):
+    """The user's private key is missing, unreadable or unusable, or login failed."""
+
+
+class ScriptError(RemoteError):
+    """A node script failed; carries its exit code and diagnostics."""
+
+    def __init__(self, message: str, exit_code: int, stderr: str = "") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class ScriptBundle:
+    """The scripts of one version, as uploaded to the nodes."""
+
+    files: Mapping[str, bytes]
+    version: str
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ScriptBundle:
+        directory = Path(directory)
+        files = {}
+        digest = hashlib.sha256()
+        for name in SCRIPT_FILES:
+            data = (directory / name).read_bytes()
+            files[name] = data
+            digest.update(name.encode() + b"\0" + data + b"\0")
+        return cls(files=files, version=digest.hexdigest()[:16])
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom to connect."""
+
+    host: str
+    username: str
+    key_files: tuple[str, ...]
+    known_hosts_files: tuple[str, ...]
+    port: int = 22
+    connect_timeout: float = 10.0
+    verify_host_key: bool = True
+
+
+@dataclass
+class Reply:
+    exit_code: int
+    data: dict = field(default_factory=dict)
+    stderr: str = ""
+
+
+def load_private_key(paths: Sequence[str]) -> paramiko.PKey:
+    """Load the first of *paths* that exists (any type paramiko knows)."""
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        try:
+            return paramiko.PKey.from_path(path)
+        except paramiko.PasswordRequiredException:
+            raise IdentityError(
+                f"the private key {path} is protected by a passphrase, which the spawner "
+                "cannot type: give this user a key without a passphrase for the compute nodes"
+            ) from None
+        except (OSError, ValueError, paramiko.SSHException) as e:
+            raise IdentityError(f"cannot load the private key {path}: {e}") from None
+    raise IdentityError(
+        "no private key found; looked for: " + ", ".join(paths)
+        + ". Create one (ssh-keygen -t ed25519) and add it to ~/.ssh/authorized_keys"
+    )
+
+
+class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyError(
+            f"the host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
+            f"known_hosts: refusing to connect. If it is the node's real key, add it to "
+            "/etc/ssh/ssh_known_hosts (e.g. `ssh-keyscan` on a trusted path, then compare "
+            "the fingerprint) or run `invoke deploy`."
+        )
+
+
+class _AcceptUnknownHost(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client, hostname, key):
+        log.warning(
+            "host key checking is DISABLED: accepting %s key %s of %s unverified",
+            key.get_name(), key.fingerprint, hostname,
+        )
+
+
+def _fabric_config() -> fabric.Config:
+    # No ssh_config files of the Hub's account: what we connect to and how is
+    # decided by the spawner's traits alone.
+    return fabric.Config(
+        ssh_config=paramiko.SSHConfig(),
+        overrides={"run": {"hide": True, "warn": True, "echo_stdin": False, "pty": False}},
+    )
+
+
+def connect(target: Target) -> fabric.Connection:
+    """Open an SSH connection as the user, with the host key verified."""
+    pkey = load_private_key(target.key_files)
+    conn = fabric.Connection(
+        host=target.host,
+        user=target.username,
+        port=target.port,
+        config=_fabric_config(),
+        connect_timeout=max(1, round(target.connect_timeout)),
+        connect_kwargs={
+            "pkey": pkey,
+            "allow_agent": False,
+            "look_for_keys": False,
+            "banner_timeout": target.connect_timeout,
+            "auth_timeout": target.connect_timeout,
+        },
+    )
+    client = conn.client
+    if target.verify_host_key:
+        client.set_missing_host_key_policy(_RejectUnknownHost())
+        for path in target.known_hosts_files:
+            if os.path.isfile(path):
+                try:
+                    client.get_host_keys().load(path)
+                except (OSError, paramiko.SSHException) as e:
+                    log.warning("cannot read known_hosts file %s: %s", path, e)
+    else:
+        client.set_missing_host_key_policy(_AcceptUnknownHost())
+    where = f"{target.username}@{target.host}:{target.port}"
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as e:
+        conn.close()
+        raise HostKeyError(
+            f"the host key of {target.host} has CHANGED (offered {e.key.get_name()} "
+            f"{e.key.fingerprint}, known {e.expected_key.fingerprint}): refusing to connect. "
+            "This can mean an attack; if the node was reinstalled, replace its entry in "
+            "known_hosts."
+        ) from None
+    except paramiko.AuthenticationException as e:
+        conn.close()
+        raise IdentityError(f"login as {where} refused: {e}") from None
+    except (HostKeyError, IdentityError):
+        conn.close()
+        raise
+    except (OSError, EOFError, paramiko.SSHException) as e:
+        conn.close()
+        raise ConnectError(f"cannot connect to {where}: {e or type(e).__name__}") from None
+    return conn
+
+
+def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:
+    parts = [p for p in path.split("/") if p]
+    current = "/" if path.startswith("/") else ""
+    for part in parts:
+        current = f"{current}{part}" if current in ("", "/") else f"{current}/{part}"
+        try:
+            sftp.stat(current)
+        except FileNotFoundError:
+            sftp.mkdir(current, 0o700)
+
+
+def upload_scripts(conn: fabric.Connection, bundle: ScriptBundle, remote_dir: str) -> None:
+    """Put *bundle* into *remote_dir* unless it is there; atomic against races."""
+    sftp = conn.sftp()
+    try:
+        sftp.stat(f"{remote_dir}/{SCRIPT_FILES[-1]}")
+        return
+    except FileNotFoundError:
+        pass
+    parent = remote_dir.rsplit("/", 1)[0]
+    _mkdirs(sftp, parent)
+    staging = f"{remote_dir}.tmp-{secrets.token_hex(4)}"
+    sftp.mkdir(staging, 0o700)
+    for name, data in bundle.files.items():
+        with sftp.open(f"{staging}/{name}", "wb") as f:
+            f.chmod(0o700 if name.endswith(".sh") and name != "common.sh" else 0o600)
+            f.write(data)
+    try:
+        sftp.rename(staging, remote_dir)
+    except OSError:
+        # Another spawn of the same user won the race: keep its copy.
+        for name in bundle.files:
+            sftp.remove(f"{staging}/{name}")
+        sftp.rmdir(staging)
+        if not stat.S_ISDIR(sftp.stat(remote_dir).st_mode):
+            raise
+    log.info("uploaded scripts version %s to %s:%s", bundle.version, conn.host, remote_dir)
+
+
+class _Payload(io.StringIO):
+    """stdin for a remote command, handed to Invoke in one piece.
+
+    Invoke reads a non-terminal stream one character at a time, which would
+    become one SSH packet per character.
+    """
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read()
+
+
+def env_payload(env: Mapping[str, str]) -> str:
+    """Encode *env* as NUL-separated ``KEY=VALUE`` records."""
+    records = []
+    for key, value in env.items():
+        value = str(value)
+        if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
+            raise ValueError(f"environment variable {key!r} cannot be passed to the node")
+        records.append(f"{key}={value}\0")
+    return "".join(records)
+
+
+def parse_reply(exit_code: int, stdout: str, stderr: str) -> Reply:
+    """Turn a script's output into a :class:`Reply` (JSON on the last stdout line)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    data: dict = {}
+    if lines:
+        try:
+            data = json.loads(lines[-1])
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+    return Reply(exit_code=exit_code, data=data, stderr=stderr.strip())
+
+
+class NodeSession:
+    """One SSH connection to a node, running the scripts of one version.
+
+    Use as a context manager. Not safe to share between threads.
+    """
+
+    # Script versions known to be on (host, user, directory): skip the check.
+    _uploaded: set[tuple[str, str, str]] = set()
+
+    def __init__(self, target: Target, bundle: ScriptBundle, base_dir: str) -> None:
+        self.target = target
+        self.bundle = bundle
+        self.script_dir = f"{base_dir}/scripts/{bundle.version}"
+        self._conn: fabric.Connection | None = None
+
+    def __enter__(self) -> NodeSession:
+        self._conn = connect(self.target)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def run(self, script: str, args: Iterable[str], stdin: str = "") -> Reply:
+        """Run *script* with *args*; upload the scripts first if missing."""
+        assert self._conn is not None, "use NodeSession as a context manager"
+        key = (self.target.host, self.target.username, self.script_dir)
+        if key not in self._uploaded:
+            self._upload()
+        reply = self._run(script, args, stdin)
+        if reply.exit_code == _EXIT_NO_SUCH_FILE and self.script_dir in reply.stderr:
+            # Someone removed the uploaded copy since we last looked.
+            self._uploaded.discard(key)
+            self._upload()
+            reply = self._run(script, args, stdin)
+        return reply
+
+    def _upload(self) -> None:
+        try:
+            upload_scripts(self._conn, self.bundle, self.script_dir)
+        except (OSError, paramiko.SSHException) as e:
+            raise RemoteError(
+                f"cannot upload the scripts to {self.target.host}:{self.script_dir}: {e}"
+            ) from None
+        self._uploaded.add((self.target.host, self.target.username, self.script_dir))
+
+    def _run(self, script: str, args: Iterable[str], stdin: str) -> Reply:
+        command = shlex.join(["bash", f"{self.script_dir}/{script}", *args])
+        log.debug("on %s as %s: %s", self.target.host, self.target.username, command)
+        try:
+            result = self._conn.run(command, in_stream=_Payload(stdin))
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
+        return parse_reply(result.exited, result.stdout, result.stderr)

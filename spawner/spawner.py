@@ -1,0 +1,507 @@
+"""RemoteSingularitySpawner: a JupyterHub spawner for Singularity on a chosen node.
+
+One spawn: validate the user's options (options.py) against the node list
+(nodes.py), then in a worker thread connect as the user over SSH and run
+``start_singleuser.sh`` on the node (remote.py). The server's environment
+travels on the SSH channel's stdin. ``poll`` and ``stop`` run
+``check_pid.sh`` and ``stop.sh`` with the PID and start time kept in state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import jinja2
+from jupyterhub.spawner import Spawner
+from tornado import web
+from traitlets import Bool, Callable, Float, Integer, List, Tuple, Unicode, Union, default, validate
+
+from . import remote
+from .nodes import Node, parse_nodelist
+from .options import OptionsError, check_login_name, options_from_form, parse_binds, validate_user_options
+
+try:
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # JupyterHub < 6
+
+    class SpawnException(web.HTTPError):
+        """A spawn failure with a message for the user (JupyterHub 5 shape)."""
+
+        def __init__(self, message, *, reason, status_code=400, **_):
+            super().__init__(status_code, "%s", message, reason=reason)
+            self.jupyterhub_message = message
+
+
+STATE_VERSION = 1
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("remotesingularityspawner", "templates"),
+    autoescape=True,
+)
+
+# Parsed node lists, by nodelist text: resolving names is slow and the
+# result is the same for every user.
+_node_cache: dict[str, list[Node]] = {}
+_node_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def _get_executor(size: int) -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rss-ssh")
+    return _executor
+
+
+def _load_bundle(directory: str) -> remote.ScriptBundle:
+    return remote.ScriptBundle.load(directory)
+
+
+def _packaged_scripts_dir() -> str:
+    installed = Path(__file__).with_name("scripts")
+    if installed.is_dir():
+        return str(installed)
+    # A source checkout (editable install): the scripts live at the top level.
+    return str(Path(__file__).resolve().parent.parent / "scripts")
+
+
+def _server_key(username: str, server_name: str) -> str:
+    """A file-name-safe, collision-free directory name for one server."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", server_name or "default")[:40].lstrip(".") or "_"
+    digest = hashlib.sha256(f"{username}\0{server_name}".encode()).hexdigest()[:10]
+    return f"{slug}-{digest}"
+
+
+class RemoteSingularitySpawner(Spawner):
+    """Start single-user servers in Singularity/Apptainer on a node the user picks."""
+
+    singularity_exe_path = Unicode(
+        "singularity",
+        help="""The singularity (or apptainer) executable on the nodes: a name found on the
+        login PATH of the users on the node, or an absolute path.""",
+    ).tag(config=True)
+
+    singularity_container_path = Unicode(
+        "",
+        help="""Path of the container image (SIF file or sandbox directory) on the nodes.
+        Every node must see it at this path (copy it or use a shared file system). Required.""",
+    ).tag(config=True)
+
+    singularity_args = List(
+        Unicode(),
+        help="""Extra options for `singularity exec`, e.g. ['--nv'] or ['--pid'].
+        Use only flags your Singularity/Apptainer version knows.""",
+    ).tag(config=True)
+
+    nodelist = Unicode(
+        "",
+        help="""The compute nodes users may choose, comma separated. Each record is
+        `name:ip`, `name:` (name resolved once by the Hub) or `:ip`. Example:
+        'node1:10.0.0.11,node2:,:10.0.0.13'. Invalid records are dropped with a warning;
+        the first valid record is the default node.""",
+    ).tag(config=True)
+
+    home_path = Unicode(
+        "/home",
+        help="""Where the users' home directories are, as seen by the Hub. The user's private
+        key and known_hosts are read from {home_path}/{login name}/.ssh/.""",
+    ).tag(config=True)
+
+    default_bind_path = Unicode(
+        "",
+        help="""Paths bound into every container, ';' separated, each `src[:dest[:ro|rw]]`.
+        Example: '/scratch;/software:/opt/software:ro'.""",
+    ).tag(config=True)
+
+    ssh_username = Union(
+        [Unicode(), Callable()],
+        default_value="{username}",
+        help="""The login name on the nodes. A template with {username} (the Hub user's name)
+        or a callable taking the spawner and returning the name.""",
+    ).tag(config=True)
+
+    ssh_key_files = List(
+        Unicode(),
+        default_value=["{home}/.ssh/id_ed25519", "{home}/.ssh/id_ecdsa", "{home}/.ssh/id_rsa"],
+        help="""Candidate private keys of the user, first existing one is used. Templates with
+        {home} ({home_path}/{login name}), {login} and {username}. The key must have no
+        passphrase; any type paramiko loads (ed25519, ecdsa, rsa) works.""",
+    ).tag(config=True)
+
+    known_hosts_files = List(
+        Unicode(),
+        default_value=["/etc/ssh/ssh_known_hosts", "{home}/.ssh/known_hosts"],
+        help="""known_hosts files the nodes' host keys are checked against (same templates as
+        ssh_key_files). A node whose key is unknown or has changed is refused.""",
+    ).tag(config=True)
+
+    disable_host_key_checking = Bool(
+        False,
+        help="""Accept any host key (DANGEROUS: lets anyone who can impersonate a node receive
+        the users' API tokens). For throwaway test setups only; every connection logs a
+        warning.""",
+    ).tag(config=True)
+
+    ssh_port = Integer(22, help="The port of sshd on the nodes.").tag(config=True)
+
+    ssh_connect_timeout = Float(
+        10.0,
+        help="Seconds to wait for a node's sshd to answer before the operation fails.",
+    ).tag(config=True)
+
+    ssh_threads = Integer(
+        32,
+        help="""Worker threads for SSH operations (shared by all users). The Hub's event loop
+        never waits on SSH; this bounds how many run at once.""",
+    ).tag(config=True)
+
+    remote_state_dir = Unicode(
+        ".remote-singularity-spawner",
+        help="""Directory on the node, relative to the user's home (or absolute), for the
+        uploaded scripts (scripts/<version>/) and each server's log and pidfile
+        (servers/<name>/). Created 0700.""",
+    ).tag(config=True)
+
+    scripts_dir = Unicode(
+        "",
+        help="""Directory holding start_singleuser.sh, check_pid.sh, stop.sh and common.sh.
+        Default: the copies shipped with this package. Point it at an edited copy to change
+        what runs on the nodes; a changed script is uploaded as a new version.""",
+    ).tag(config=True)
+
+    port_range = Tuple(
+        Integer(),
+        Integer(),
+        default_value=(49152, 60999),
+        help="The range (low, high) the server's port is chosen from on the node.",
+    ).tag(config=True)
+
+    poll_grace_period = Float(
+        300.0,
+        help="""How long (seconds) a server whose node cannot be reached is still reported as
+        running. A short network or sshd outage then does not stop anybody's server; after
+        this, the Hub considers the server gone.""",
+    ).tag(config=True)
+
+    term_timeout = Float(
+        10.0,
+        help="Seconds stop() waits after SIGTERM before it sends SIGKILL.",
+    ).tag(config=True)
+
+    kill_timeout = Float(
+        5.0,
+        help="Seconds stop() waits after SIGKILL for the server's processes to go.",
+    ).tag(config=True)
+
+    @default("env_keep")
+    def _env_keep_default(self):
+        # The Hub host's PATH, VIRTUAL_ENV, ... mean nothing on a node.
+        return ["LANG", "LC_ALL", "JUPYTERHUB_SINGLEUSER_APP"]
+
+    @default("options_form")
+    def _options_form_default(self):
+        return _render_options_form
+
+    @default("options_from_form")
+    def _options_from_form_default(self):
+        return options_from_form
+
+    @validate("port_range")
+    def _validate_port_range(self, proposal):
+        low, high = proposal["value"]
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(f"port_range {low}-{high} must lie within 1024-65535")
+        return proposal["value"]
+
+    # --- state ---------------------------------------------------------------
+
+    node = Unicode("")
+    address = Unicode("")
+    pid = Integer(0)
+    start_time = Integer(0)
+    scripts_version = Unicode("")
+    log_path = Unicode("")
+    login = Unicode("")
+
+    _state_fields = ("node", "address", "port", "pid", "start_time", "scripts_version", "log_path", "login")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            state.update({name: getattr(self, name) for name in self._state_fields})
+            state["version"] = STATE_VERSION
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        if state.get("pid"):
+            for name in self._state_fields:
+                if name in state:
+                    setattr(self, name, state[name])
+
+    def clear_state(self):
+        super().clear_state()
+        for name in self._state_fields:
+            setattr(self, name, self.trait_defaults(name))
+        self._unreachable_since = None
+
+    # --- helpers ---------------------------------------------------------------
+
+    _unreachable_since: float | None = None
+    _starting = False
+
+    async def _in_thread(self, func, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_get_executor(self.ssh_threads), partial(func, *args))
+
+    async def get_nodes(self) -> list[Node]:
+        """The valid nodes, parsed (and names resolved) once per node list."""
+        return await self._in_thread(self._parse_nodes, self.nodelist)
+
+    def _parse_nodes(self, text: str) -> list[Node]:
+        with _node_lock:
+            if text not in _node_cache:
+                nodes, warnings = parse_nodelist(text)
+                for warning in warnings:
+                    self.log.warning("RemoteSingularitySpawner: %s", warning)
+                if not nodes:
+                    self.log.error(
+                        "RemoteSingularitySpawner: no valid node in nodelist %r: nobody can start a server",
+                        text,
+                    )
+                _node_cache[text] = nodes
+            return _node_cache[text]
+
+    def _login_name(self) -> str:
+        if callable(self.ssh_username):
+            name = self.ssh_username(self)
+        else:
+            name = self.ssh_username.format(username=self.user.name)
+        return check_login_name(name)
+
+    def _target(self, address: str, login: str) -> remote.Target:
+        home = os.path.join(self.home_path, login)
+        fmt = {"home": home, "login": login, "username": self.user.name}
+        if self.disable_host_key_checking:
+            self.log.warning(
+                "RemoteSingularitySpawner: host key checking is disabled "
+                "(c.RemoteSingularitySpawner.disable_host_key_checking): connections to %s are "
+                "not protected against impersonation",
+                address,
+            )
+        return remote.Target(
+            host=address,
+            username=login,
+            key_files=tuple(p.format(**fmt) for p in self.ssh_key_files),
+            known_hosts_files=tuple(p.format(**fmt) for p in self.known_hosts_files),
+            port=self.ssh_port,
+            connect_timeout=self.ssh_connect_timeout,
+            verify_host_key=not self.disable_host_key_checking,
+        )
+
+    def _scripts_dir(self) -> str:
+        return self.scripts_dir or _packaged_scripts_dir()
+
+    def _server_dir(self) -> str:
+        return f"{self.remote_state_dir}/servers/{_server_key(self.user.name, self.name)}"
+
+    def _run_script(self, target, script, args, stdin="") -> remote.Reply:
+        """Blocking: connect, make sure the scripts are there, run one of them."""
+        bundle = _load_bundle(self._scripts_dir())
+        with remote.NodeSession(target, bundle, self.remote_state_dir) as session:
+            reply = session.run(script, args, stdin)
+        reply.data.setdefault("scripts_version", bundle.version)
+        return reply
+
+    def _fail(self, message: str, reason: str) -> SpawnException:
+        self.log.error("Spawn of %s failed: %s", self._log_name, message)
+        return SpawnException(message, reason=reason)
+
+    # --- the spawner API ---------------------------------------------------------
+
+    async def start(self):
+        self._starting = True
+        try:
+            return await self._start()
+        finally:
+            self._starting = False
+
+    async def _start(self):
+        if not self.singularity_container_path:
+            raise self._fail(
+                "the Hub is not configured: c.RemoteSingularitySpawner.singularity_container_path is empty",
+                reason="config",
+            )
+        nodes = await self.get_nodes()
+        try:
+            login = self._login_name()
+            options = validate_user_options(self.user_options, [n.label for n in nodes])
+        except OptionsError as e:
+            raise self._fail(f"Cannot start your server: {e}", reason="options") from None
+        try:
+            default_binds = parse_binds(self.default_bind_path)
+        except OptionsError as e:
+            raise self._fail(
+                f"the Hub is misconfigured: c.RemoteSingularitySpawner.default_bind_path: {e}",
+                reason="config",
+            ) from None
+        node = next(n for n in nodes if n.label == options.host)
+
+        self.ip, self.port = node.address, 0
+        env = self.get_env()
+        timeout = max(5, int(self.start_timeout - self.ssh_connect_timeout - 5))
+        args = [
+            "--exe", self.singularity_exe_path,
+            "--image", self.singularity_container_path,
+            "--server-dir", self._server_dir(),
+            "--port-range", "{}-{}".format(*self.port_range),
+            "--timeout", str(timeout),
+        ]
+        for extra in self.singularity_args:
+            args += ["--singularity-arg", extra]
+        for bind in default_binds + options.binds:
+            args += ["--bind", bind.spec]
+        args += ["--", *self.cmd, *self.get_args()]
+
+        target = self._target(node.address, login)
+        self.log.info("Starting %s on %s (%s) as %s", self._log_name, node.label, node.address, login)
+        future = asyncio.ensure_future(
+            self._in_thread(self._run_script, target, "start_singleuser.sh", args, remote.env_payload(env))
+        )
+        try:
+            reply = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The Hub gave up (start_timeout): do not leave a server behind.
+            asyncio.ensure_future(self._stop_late_start(future, target))
+            raise
+        except remote.RemoteError as e:
+            raise self._fail(f"Cannot start your server on {node.label}: {e}", reason="ssh") from None
+
+        if reply.exit_code != remote.ExitCode.OK:
+            raise self._fail(
+                f"Your server on {node.label} did not start (exit code {reply.exit_code}):\n{reply.stderr}",
+                reason="start",
+            )
+        try:
+            self.pid = int(reply.data["pid"])
+            self.start_time = int(reply.data["start_time"])
+            self.port = int(reply.data["port"])
+            self.log_path = str(reply.data.get("log", ""))
+        except (KeyError, TypeError, ValueError):
+            raise self._fail(
+                f"unexpected reply from start_singleuser.sh on {node.label}: {reply.data!r}",
+                reason="protocol",
+            ) from None
+        self.node, self.address, self.login = node.label, node.address, login
+        self.scripts_version = reply.data["scripts_version"]
+        self._unreachable_since = None
+        self.log.info(
+            "Started %s on %s: pid %d, port %d, log %s",
+            self._log_name, node.label, self.pid, self.port, self.log_path,
+        )
+        return (node.address, self.port)
+
+    async def _stop_late_start(self, future, target):
+        try:
+            reply = await future
+        except Exception:
+            return
+        pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
+        if reply.exit_code == remote.ExitCode.OK and pid:
+            self.log.warning("Stopping %s: it started after the Hub gave up on it", self._log_name)
+            await self._in_thread(
+                self._run_script, target, "stop.sh", self._stop_args(pid, start_time)
+            )
+
+    def _stop_args(self, pid, start_time) -> list[str]:
+        return [
+            "--pid", str(pid),
+            "--start-time", str(start_time),
+            "--server-dir", self._server_dir(),
+            "--term-timeout", str(int(self.term_timeout)),
+            "--kill-timeout", str(int(self.kill_timeout)),
+        ]
+
+    async def poll(self):
+        if self._starting:
+            return None
+        if not self.pid:
+            return 0
+        target = self._target(self.address, self.login)
+        args = ["--pid", str(self.pid), "--start-time", str(self.start_time)]
+        try:
+            reply = await self._in_thread(self._run_script, target, "check_pid.sh", args)
+        except remote.RemoteError as e:
+            return self._unreachable(e)
+        if reply.exit_code == remote.ExitCode.OK:
+            self._unreachable_since = None
+            return None
+        if reply.exit_code == remote.ExitCode.NOT_RUNNING:
+            self.log.info("%s on %s is no longer running", self._log_name, self.node)
+            return 0
+        return self._unreachable(
+            remote.ScriptError(f"check_pid.sh failed: {reply.stderr}", reply.exit_code, reply.stderr)
+        )
+
+    def _unreachable(self, error: Exception):
+        """Poll could not tell: report running for poll_grace_period, then gone."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        waited = now - self._unreachable_since
+        if waited < self.poll_grace_period:
+            self.log.warning(
+                "Cannot check %s on %s (%s); still reported running (%.0fs of %.0fs grace)",
+                self._log_name, self.node, error, waited, self.poll_grace_period,
+            )
+            return None
+        self.log.error(
+            "Cannot check %s on %s for %.0fs (%s): considering it stopped",
+            self._log_name, self.node, waited, error,
+        )
+        return 1
+
+    async def stop(self, now=False):
+        if not self.pid:
+            return
+        target = self._target(self.address, self.login)
+        try:
+            reply = await self._in_thread(
+                self._run_script, target, "stop.sh", self._stop_args(self.pid, self.start_time)
+            )
+        except remote.RemoteError as e:
+            self.log.error(
+                "Cannot stop %s (pid %d on %s): %s. It may still be running there.",
+                self._log_name, self.pid, self.node, e,
+            )
+            return
+        if reply.exit_code != remote.ExitCode.OK:
+            raise RuntimeError(
+                f"stop.sh failed for {self._log_name} on {self.node} "
+                f"(exit code {reply.exit_code}): {reply.stderr}"
+            )
+        self.log.info(
+            "Stopped %s on %s (%s)", self._log_name, self.node, reply.data.get("signal", "?")
+        )
+        self.pid = 0
+
+
+async def _render_options_form(spawner: RemoteSingularitySpawner) -> str:
+    nodes = await spawner.get_nodes()
+    if not nodes:
+        raise SpawnException(
+            "No compute node is available: the Hub's nodelist has no valid entry. "
+            "Please tell your administrator.",
+            reason="config",
+        )
+    return _templates.get_template("options_form.html").render(
+        nodes=nodes, default_binds=spawner.default_bind_path
+    )
