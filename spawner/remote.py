@@ -124,7 +124,10 @@ def load_private_key(paths: Sequence[str]) -> paramiko.PKey:
             continue
         try:
             return paramiko.PKey.from_path(path)
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError) as e:
+            # cryptography says "Password was not given but private key is encrypted".
+            if isinstance(e, TypeError) and "assword" not in str(e):
+                raise IdentityError(f"cannot load the private key {path}: {e}") from None
             raise IdentityError(
                 f"the private key {path} is protected by a passphrase, which the spawner "
                 "cannot type: give this user a key without a passphrase for the compute nodes"

@@ -150,7 +150,7 @@ class RemoteSingularitySpawner(Spawner):
         warning.""",
     ).tag(config=True)
 
-    ssh_port = Integer(22, help="The port of sshd on the nodes.").tag(config=True)
+    ssh_port = Integer(22, help="The TCP port sshd listens on, the same on every node.").tag(config=True)
 
     ssh_connect_timeout = Float(
         10.0,
