@@ -8,7 +8,7 @@
 set -euo pipefail
 umask 077
 
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "${BASH_SOURCE[0]%/*}/common.sh"
 
 usage() {

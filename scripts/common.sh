@@ -59,7 +59,8 @@ require_uint() {
 proc_stat() {
   local stat rest
   local -a fields
-  { stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+  # `read` rather than $(<file): a failed $(<file) ends a `set -e` script.
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
   # Field 2 (comm) may hold spaces and parentheses: cut after the last ')'.
   rest=${stat##*) }
   read -r -a fields <<<"${rest}"

@@ -12,7 +12,7 @@
 set -euo pipefail
 umask 077
 
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "${BASH_SOURCE[0]%/*}/common.sh"
 
 readonly MAX_ATTEMPTS=5

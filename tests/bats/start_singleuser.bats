@@ -1,0 +1,159 @@
+#!/usr/bin/env bats
+# start_singleuser.sh against the stand-in singularity.
+
+load helpers
+
+setup() {
+  common_setup
+  HUB_ENV_EXTRA=()
+}
+
+teardown() {
+  common_teardown
+}
+
+@test "starts the server, answers one JSON line, server listens on the reported port" {
+  start_ok
+  [ "$(printf '%s\n' "${output}" | wc -l)" -eq 1 ]
+  ((PORT >= 49152 && PORT <= 60999))
+  run curl -fsS "http://127.0.0.1:${PORT}/"
+  [ "${status}" -eq 0 ]
+  [[ "${output}" == *'"ok": true'* ]]
+}
+
+@test "the recorded PID leads its own session and is singularity's runtime parent" {
+  start_ok
+  [ "$(stat_field "${PID}" 5)" = "${PID}" ]   # process group
+  [ "$(stat_field "${PID}" 6)" = "${PID}" ]   # session
+  [ "$(stat_field "${PID}" 22)" = "${START}" ]
+  grep -qi 'run' "/proc/${PID}/comm"
+  # the payload is a descendant, not the recorded PID itself
+  [ -n "$(ps -o pid= --ppid "${PID}")" ]
+}
+
+@test "pidfile and log are private files in a private directory under HOME" {
+  start_ok
+  [ "$(stat -c %a "${HOME}/${SERVER_DIR}")" = 700 ]
+  [ "$(stat -c %a "${HOME}/${SERVER_DIR}/server.log")" = 600 ]
+  [ "$(stat -c %a "${HOME}/${SERVER_DIR}/server.pid")" = 600 ]
+  [ "$(cat "${HOME}/${SERVER_DIR}/server.pid")" = "${PID} ${START} ${PORT}" ]
+  [ "$(json_field "${output}" log)" = "${HOME}/${SERVER_DIR}/server.log" ]
+  grep -q "listening on 127.0.0.1:${PORT}" "${HOME}/${SERVER_DIR}/server.log"
+}
+
+@test "the environment from stdin reaches the server literally; the port is rewritten" {
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b' $'MULTI=line1\nline2' 'SCOPES=["access:servers!server=alice/", "x y"]')
+  start_ok
+  run curl -fsS "http://127.0.0.1:${PORT}/env"
+  env_json="${output}"
+  py() { python3 -c "import json,sys; e=json.loads(sys.argv[1]); print(e[sys.argv[2]], end='')" "${env_json}" "$1"; }
+  [ "$(py JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+  [ "$(py ODD)" = 'a $HOME `id` "q" \ b' ]
+  [ "$(py MULTI)" = $'line1\nline2' ]
+  [ "$(py SCOPES)" = '["access:servers!server=alice/", "x y"]' ]
+  [ "$(py JUPYTERHUB_SERVICE_URL)" = "http://127.0.0.1:${PORT}/user/alice/" ]
+}
+
+@test "the API token is in no process's argv and not in the log" {
+  start_ok
+  ! grep -aqF -- "${TOKEN}" /proc/[0-9]*/cmdline
+  ! grep -qF -- "${TOKEN}" "${HOME}/${SERVER_DIR}/server.log"
+}
+
+@test "PATH and other reserved variables from the Hub are not imported" {
+  HUB_ENV_EXTRA=("PATH=/hub/only/bin" "LD_PRELOAD=/evil.so")
+  start_ok
+  [[ "${stderr}" == *"not overriding PATH"* && "${stderr}" == *"not overriding LD_PRELOAD"* ]]
+  run curl -fsS "http://127.0.0.1:${PORT}/env"
+  [[ "${output}" != *"/hub/only/bin"* && "${output}" != *"/evil.so"* ]]
+}
+
+@test "an invalid environment record is refused before anything starts" {
+  run --separate-stderr bash -c "printf 'BAD-KEY=1\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+    --exe singularity --image '${IMAGE}' --server-dir x -- fake-singleuser"
+  [ "${status}" -eq 7 ]
+  [[ "${stderr}" == *"invalid environment record"* ]]
+  [ ! -e "${HOME}/x/server.log" ]
+}
+
+@test "binds are passed to singularity and visible in the container" {
+  mkdir -p "${BATS_TEST_TMPDIR}/data"
+  printf 'hello\n' >"${BATS_TEST_TMPDIR}/data/file"
+  start_ok --bind "${BATS_TEST_TMPDIR}/data:/mnt:ro"
+  # /mnt inside is the bound directory: look through the payload's root
+  payload=$(ps -o pid= --ppid "${PID}" | head -n 1 | tr -d ' ')
+  inner=$(pgrep -P "${payload}" -f fake-singleuser || printf '%s' "${payload}")
+  [ "$(cat "/proc/${inner}/root/mnt/file")" = hello ]
+}
+
+@test "image missing: fails fast with the runtime's message from the log" {
+  run --separate-stderr hub_env_start_with_image "${BATS_TEST_TMPDIR}/missing.sif"
+  [ "${status}" -eq 4 ]
+  [[ "${stderr}" == *"could not open image ${BATS_TEST_TMPDIR}/missing.sif"* ]]
+  [[ "${stderr}" == *"no such file or directory"* ]]
+  [[ "${stderr}" == *"exited with status 255"* ]]
+}
+
+hub_env_start_with_image() {
+  IMAGE="$1" start_server
+}
+
+@test "bind source missing: fails fast naming the source" {
+  run --separate-stderr start_server --bind /nonexistent/data:/mnt
+  [ "${status}" -eq 4 ]
+  [[ "${stderr}" == *"mount source /nonexistent/data doesn't exist"* ]]
+}
+
+@test "command missing in the container: fails fast" {
+  run --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+    --exe singularity --image '${IMAGE}' --server-dir x -- no-such-server"
+  [ "${status}" -eq 4 ]
+  [[ "${stderr}" == *'"no-such-server": executable file not found in $PATH'* ]]
+}
+
+@test "a port taken between choice and bind: retried on another port" {
+  export FAKE_FAIL_ONCE="${BATS_TEST_TMPDIR}/fail-once"
+  touch "${FAKE_FAIL_ONCE}"
+  start_ok
+  [[ "${stderr}" == *"was taken meanwhile, retrying"* ]]
+  [ ! -e "${FAKE_FAIL_ONCE}" ]
+  run curl -fsS "http://127.0.0.1:${PORT}/"
+  [ "${status}" -eq 0 ]
+}
+
+@test "no free port in the range: exit 6, nothing started" {
+  python3 -m http.server --bind 127.0.0.1 50999 >/dev/null 2>&1 &
+  blocker=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:50999/" && break; sleep 0.1; done
+  run --separate-stderr start_server --port-range 50999-50999
+  kill "${blocker}"
+  [ "${status}" -eq 6 ]
+  [[ "${stderr}" == *"no free port in 50999-50999"* ]]
+}
+
+@test "a server that never listens is killed at the timeout: exit 5, nothing left" {
+  run --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+    --exe singularity --image '${IMAGE}' --server-dir x --timeout 1 -- sleep 1000"
+  [ "${status}" -eq 5 ]
+  [[ "${stderr}" == *"did not listen"* ]]
+  sleep 0.5
+  ! pgrep -f "sleep 1000"
+}
+
+@test "usage errors exit 64 with a message" {
+  run --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --image x --server-dir y -- cmd
+  [ "${status}" -eq 64 ]
+  [[ "${stderr}" == *"--exe, --image and --server-dir are required"* ]]
+  run --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --bogus
+  [ "${status}" -eq 64 ]
+  run --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y \
+    --port-range 80-90 -- cmd
+  [ "${status}" -eq 64 ]
+  [[ "${stderr}" == *"outside 1024-65535"* ]]
+}
+
+@test "--help describes the options" {
+  run bash "${SCRIPTS}/start_singleuser.sh" --help
+  [ "${status}" -eq 0 ]
+  [[ "${output}" == *"--server-dir"* && "${output}" == *"NUL-separated"* ]]
+}
