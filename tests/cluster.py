@@ -1,0 +1,1147 @@
+#!/usr/bin/env python3
+"""Local emulated two-node HPC cluster for the remote-singularity-spawner tests.
+
+Run as root with the Python that has JupyterHub installed (the pyenv one)::
+
+    python tests/cluster.py up                 # build it; if already up, verify and return
+    python tests/cluster.py status             # exit 0 when healthy, 1 (and the problems) otherwise
+    python tests/cluster.py down [--keep-venv] # remove everything up() created
+
+From Python (pytest fixtures, tasks.py)::
+
+    import cluster                             # with tests/ on sys.path
+    c = cluster.up()                           # -> Cluster (idempotent, fast when already up)
+    cluster.node_run("rss-node1", ["hostname", "-I"], user="rss-alice").stdout
+    [p for p in cluster.node_processes("rss-node2") if p["user"] == "rss-bob"]
+    cluster.kill_node("rss-node1"); cluster.start_node("rss-node1")
+    cluster.restart_sshd("rss-node2")
+
+What up() builds (all constants are in CONFIG):
+
+* bridge ``rssbr0`` with 10.213.47.1/24 in the root namespace (the hub's address as the
+  nodes see it); no NAT, no forwarding: the nodes reach nothing but the bridge;
+* nodes ``rss-node1`` (10.213.47.11) and ``rss-node2`` (10.213.47.12): a network namespace of
+  the same name, a veth pair on the bridge, and a detached init
+  (``unshare --pid --mount --uts ... tini -s -- sh -c 'sshd ...; exec sleep infinity'``), so
+  each node has its own PID namespace, /proc and hostname, and sshd can be restarted alone;
+* a per-node sshd (keys only, own host keys, SFTP via internal-sftp) on NODE_IP:22;
+* users rss-alice (ed25519), rss-bob (ecdsa), rss-carol (rsa 3072), rss-demo (ed25519) with
+  ``~/.ssh/id_<type>``, authorized_keys and known_hosts (both nodes, by name and address);
+  /etc/ssh/ssh_known_hosts is never touched; a root-owned copy of the host keys list is at
+  ``/var/lib/rss-cluster/known_hosts``;
+* a world-readable single-user venv /opt/rss-singleuser (jupyterhub pinned to the hub's
+  version, jupyter_server, jupyterlab);
+* the singularity stand-in (tests/bin/singularity, copied to /opt/rss-cluster/bin with an
+  ``apptainer`` symlink) and an image /opt/rss-cluster/images/jupyter.sif made by
+  tests/bin/make-fake-image.
+
+Nothing needs the node names to resolve: everything is addressed by IP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+# --------------------------------------------------------------------------- configuration
+
+KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+_KEYGEN_ARGS = {
+    "ed25519": ["-t", "ed25519"],
+    "ecdsa": ["-t", "ecdsa", "-b", "256"],
+    "rsa": ["-t", "rsa", "-b", "3072"],
+}
+_SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_MARKER_VAR = "RSS_CLUSTER_NODE"  # in the environment of every node's init: NAME:NONCE
+_SSHD = "/usr/sbin/sshd"
+_TOOLS = "ip unshare tini nsenter setpriv setsid ssh-keygen useradd usermod userdel".split()
+_HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    ip: str
+
+    @property
+    def netns(self) -> str:
+        return self.name
+
+    @property
+    def veth(self) -> str:
+        """Root-namespace end of the node's veth pair (the node's end is ``eth0``)."""
+        return "v" + self.name
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    name: str
+    key_type: str
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path = Path("/var/lib/rss-cluster")
+    opt_dir: Path = Path("/opt/rss-cluster")
+    venv: Path = Path("/opt/rss-singleuser")
+    lock_file: Path = Path("/run/lock/rss-cluster.lock")
+    tests_bin: Path = _HERE / "bin"
+    home_root: Path = Path("/home")
+    bridge: str = "rssbr0"
+    hub_ip: str = "10.213.47.1"
+    prefix_len: int = 24
+    ssh_port: int = 22
+    nodes: tuple[NodeSpec, ...] = (
+        NodeSpec("rss-node1", "10.213.47.11"),
+        NodeSpec("rss-node2", "10.213.47.12"),
+    )
+    users: tuple[UserSpec, ...] = (
+        UserSpec("rss-alice", "ed25519"),
+        UserSpec("rss-bob", "ecdsa"),
+        UserSpec("rss-carol", "rsa"),
+        UserSpec("rss-demo", "ed25519"),
+    )
+    user_prefix: str = "rss-"  # the harness refuses to create or delete any other account
+    singleuser_extras: tuple[str, ...] = ("jupyter_server", "jupyterlab")
+    sshd_timeout: float = 30.0
+
+    @property
+    def singularity(self) -> Path:
+        return self.opt_dir / "bin" / "singularity"
+
+    @property
+    def apptainer(self) -> Path:
+        return self.opt_dir / "bin" / "apptainer"
+
+    @property
+    def image(self) -> Path:
+        return self.opt_dir / "images" / "jupyter.sif"
+
+    @property
+    def image_path_env(self) -> str:
+        return f"{self.venv}/bin:{_SYS_PATH}"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def users_file(self) -> Path:
+        return self.state_dir / "users.json"
+
+    def node_dir(self, node: NodeSpec) -> Path:
+        return self.state_dir / "nodes" / node.name
+
+
+CONFIG = Config()
+
+# --------------------------------------------------------------------------- public types
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be built, inspected or driven; the message says why."""
+
+
+class NodeCommandError(subprocess.CalledProcessError):
+    """node_run(check=True) failed; str() includes the command's stderr."""
+
+    def __str__(self) -> str:
+        err = (self.stderr or "").strip()
+        return super().__str__() + (f"\nstderr:\n{err[-2000:]}" if err else "")
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    ip: str
+    netns: str
+    init_pid: int | None  # host PID of the node's PID 1 (tini); None when the node is down
+    sshd_config: Path
+    sshd_log: Path
+    sshd_pid_file: Path  # holds sshd's PID *inside* the node's PID namespace
+    console_log: Path  # stdout/stderr of the node's init
+    host_keys: tuple[Path, ...]  # private keys; the public key is beside each, + ".pub"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    key_type: str
+    private_key: Path
+    public_key: Path
+    home: Path
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    nodes: tuple[Node, ...]
+    users: tuple[User, ...]
+    hub_ip: str
+    singularity: Path
+    apptainer: Path
+    image: Path
+    venv: Path
+    known_hosts: Path  # root-owned, all nodes' host keys (name,ip keytype key)
+    state_dir: Path
+
+    def node(self, name: str) -> Node:
+        return _pick(self.nodes, name)
+
+    def user(self, name: str) -> User:
+        return _pick(self.users, name)
+
+
+NodeRef = str | NodeSpec | Node
+UserRef = UserSpec | tuple[str, str]
+_T = TypeVar("_T", Node, User)
+
+
+def _pick(items: Iterable[_T], name: str) -> _T:
+    for item in items:
+        if item.name == name:
+            return item
+    raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _log(msg: str) -> None:
+    print(f"rss-cluster: {msg}", file=sys.stderr, flush=True)
+
+
+def _tool_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYENV", "VIRTUAL_ENV"))}
+    env.update(PATH=_SYS_PATH, LANG="C.UTF-8")
+    return env
+
+
+def _run(
+    cmd: Sequence[str | Path], *, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(c) for c in cmd]
+    stdin = None if input is not None else subprocess.DEVNULL
+    proc = subprocess.run(argv, input=input, stdin=stdin, capture_output=True, text=True, env=_tool_env())
+    if check and proc.returncode != 0:
+        raise ClusterError(
+            f"command failed (exit {proc.returncode}): {shlex.join(argv)}\n{proc.stderr.strip()}"
+        )
+    return proc
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def _write(path: Path, text: str, mode: int, owner: pwd.struct_passwd | None = None) -> None:
+    path.write_text(text)
+    os.chmod(path, mode)
+    if owner is not None:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Serialize up/down/... between processes (pytest-xdist workers, a demo, the CLI)."""
+    CONFIG.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(CONFIG.lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise ClusterError("the test cluster must be managed as root")
+
+
+def _preflight() -> None:
+    _require_root()
+    missing = [t for t in _TOOLS if shutil.which(t, path=_SYS_PATH) is None]
+    missing += [p for p in (_SSHD, "/usr/bin/python3") if not os.access(p, os.X_OK)]
+    if missing:
+        raise ClusterError(f"missing tools: {', '.join(missing)}")
+    _stand_in_files()
+    _hub_version()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _read_proc(pid: int, name: str) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _host_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _alive(pid: int) -> bool:
+    """True if PID exists and is not a zombie (kill -0 succeeds on zombies)."""
+    stat = _read_proc(pid, "stat")
+    return stat is not None and stat.rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
+def _has_env(pid: int, prefix: bytes) -> bool:
+    environ = _read_proc(pid, "environ") or b""
+    return any(var.startswith(prefix) for var in environ.split(b"\0"))
+
+
+def _marker(node: NodeSpec, nonce: str = "") -> bytes:
+    return f"{_MARKER_VAR}={node.name}:{nonce}".encode()
+
+
+def _marked_pids(node: NodeSpec, nonce: str = "") -> list[int]:
+    """Host PIDs of the launcher, init and anything else that inherited the node's marker."""
+    prefix = _marker(node, nonce)
+    return [pid for pid in _host_pids() if pid != os.getpid() and _has_env(pid, prefix)]
+
+
+def _is_ns_init(pid: int) -> bool:
+    """PID is 1 in a child PID namespace (status NSpid: HOSTPID 1)."""
+    status = (_read_proc(pid, "status") or b"").decode(errors="replace")
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            return len(ids) >= 2 and ids[-1] == "1"
+    return False
+
+
+def _netns_pids(netns: str) -> list[int]:
+    """Host PIDs whose network namespace is the named one (leftovers hold it alive)."""
+    try:
+        st = os.stat(f"/run/netns/{netns}")
+    except OSError:
+        return []
+    found = []
+    for pid in _host_pids():
+        with contextlib.suppress(OSError):
+            ns = os.stat(f"/proc/{pid}/ns/net")
+            if (ns.st_dev, ns.st_ino) == (st.st_dev, st.st_ino):
+                found.append(pid)
+    return found
+
+
+def _kill_and_wait(pids: Iterable[int], timeout: float = 10.0) -> None:
+    pids = [p for p in set(pids) if p != os.getpid()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if not _wait_for(lambda: not any(_alive(p) for p in pids), timeout):
+        raise ClusterError(f"processes survived SIGKILL: {[p for p in pids if _alive(p)]}")
+
+
+def _uid_pids(uid: int) -> list[int]:
+    found = []
+    for pid in _host_pids():
+        status = (_read_proc(pid, "status") or b"").decode(errors="replace")
+        for line in status.splitlines():
+            if line.startswith("Uid:") and str(uid) in line.split()[1:3]:
+                found.append(pid)
+    return found
+
+
+# --------------------------------------------------------------------------- network
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    proc = _run(["ip", "-j", *args], check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    return json.loads(proc.stdout)
+
+
+def _bridge_ok() -> bool:
+    links = _ip_json("addr", "show", "dev", CONFIG.bridge)
+    if not links or "UP" not in links[0].get("flags", []):
+        return False
+    return any(
+        a.get("local") == CONFIG.hub_ip and a.get("prefixlen") == CONFIG.prefix_len
+        for a in links[0]["addr_info"]
+    )
+
+
+def _ensure_bridge() -> None:
+    if _bridge_ok():
+        return
+    if not _ip_json("link", "show", "dev", CONFIG.bridge):
+        _run(["ip", "link", "add", CONFIG.bridge, "type", "bridge"])
+    _run(["ip", "addr", "replace", f"{CONFIG.hub_ip}/{CONFIG.prefix_len}", "dev", CONFIG.bridge])
+    _run(["ip", "link", "set", CONFIG.bridge, "up"])
+
+
+def _remove_bridge() -> None:
+    if _ip_json("link", "show", "dev", CONFIG.bridge):
+        _run(["ip", "link", "del", CONFIG.bridge])
+
+
+def _node_net_ok(node: NodeSpec) -> bool:
+    if not Path("/run/netns", node.netns).exists():
+        return False
+    host = _ip_json("link", "show", "dev", node.veth)
+    inner = _ip_json("-n", node.netns, "addr", "show", "dev", "eth0")
+    if not host or not inner:
+        return False
+    host_ok = host[0].get("master") == CONFIG.bridge and "UP" in host[0].get("flags", [])
+    paired = host[0].get("link_index") == inner[0].get("ifindex")
+    addr_ok = any(
+        a.get("local") == node.ip and a.get("prefixlen") == CONFIG.prefix_len for a in inner[0]["addr_info"]
+    )
+    routes = _ip_json("-n", node.netns, "route", "show", "default")
+    route_ok = any(r.get("gateway") == CONFIG.hub_ip for r in routes)
+    return host_ok and paired and addr_ok and route_ok and "UP" in inner[0].get("flags", [])
+
+
+def _create_node_net(node: NodeSpec) -> None:
+    ns = ["ip", "-n", node.netns]
+    _run(["ip", "netns", "add", node.netns])
+    _run(["ip", "link", "add", node.veth, "type", "veth", "peer", "name", "eth0", "netns", node.netns])
+    _run(["ip", "link", "set", node.veth, "master", CONFIG.bridge])
+    _run(["ip", "link", "set", node.veth, "up"])
+    _run([*ns, "link", "set", "lo", "up"])
+    _run([*ns, "addr", "add", f"{node.ip}/{CONFIG.prefix_len}", "dev", "eth0"])
+    _run([*ns, "link", "set", "eth0", "up"])
+    _run([*ns, "route", "add", "default", "via", CONFIG.hub_ip])
+
+
+def _teardown_node(node: NodeSpec) -> None:
+    """Kill everything of the node (even from a killed earlier run), drop its veth and netns."""
+    _kill_and_wait(_marked_pids(node) + _netns_pids(node.netns))
+    if _ip_json("link", "show", "dev", node.veth):
+        _run(["ip", "link", "del", node.veth])  # deletes both ends, wherever the peer lives
+    ns_file = Path("/run/netns", node.netns)
+    if ns_file.exists():
+        _run(["ip", "netns", "del", node.netns], check=False)
+        ns_file.unlink(missing_ok=True)  # a stale file that was no longer a mount
+    d = CONFIG.node_dir(node)
+    for name in ("init.json", "sshd.pid"):
+        (d / name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- sshd on a node
+
+
+def _host_key_paths(node: NodeSpec) -> tuple[Path, ...]:
+    return tuple(CONFIG.node_dir(node) / f"ssh_host_{t}_key" for t in KEY_TYPES)
+
+
+def _sshd_paths(node: NodeSpec) -> tuple[Path, Path, Path]:
+    d = CONFIG.node_dir(node)
+    return d / "sshd_config", d / "sshd.log", d / "sshd.pid"
+
+
+def _ssh_keygen(path: Path, key_type: str, comment: str) -> None:
+    path.unlink(missing_ok=True)
+    Path(f"{path}.pub").unlink(missing_ok=True)
+    _run(["ssh-keygen", "-q", *_KEYGEN_ARGS[key_type], "-N", "", "-C", comment, "-f", path])
+
+
+def _ensure_host_keys(node: NodeSpec) -> None:
+    d = CONFIG.node_dir(node)
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o755)
+    for key_type, path in zip(KEY_TYPES, _host_key_paths(node), strict=True):
+        if not (path.exists() and Path(f"{path}.pub").exists()):
+            _ssh_keygen(path, key_type, f"root@{node.name}")
+        os.chmod(path, 0o600)
+
+
+def _sshd_config_text(node: NodeSpec) -> str:
+    _, _, pid_file = _sshd_paths(node)
+    keys = "\n".join(f"HostKey {p}" for p in _host_key_paths(node))
+    return f"""\
+# Generated by tests/cluster.py for {node.name}; rewritten whenever the node is (re)started.
+ListenAddress {node.ip}:{CONFIG.ssh_port}
+{keys}
+PidFile {pid_file}
+AuthorizedKeysFile .ssh/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin no
+StrictModes yes
+MaxStartups 200:30:400
+MaxSessions 200
+LogLevel VERBOSE
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+Subsystem sftp internal-sftp
+"""
+
+
+def _ensure_sshd_config(node: NodeSpec) -> None:
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    conf, _, _ = _sshd_paths(node)
+    _write(conf, _sshd_config_text(node), 0o644)
+    _run([_SSHD, "-t", "-f", conf])
+
+
+def _sshd_answers(node: NodeSpec, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((node.ip, CONFIG.ssh_port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _wait_sshd(node: NodeSpec, init_pid: int) -> None:
+    def ready() -> bool:
+        if not _alive(init_pid):
+            raise ClusterError(f"{node.name}: init died\n{_tail(CONFIG.node_dir(node) / 'console.log')}")
+        return _sshd_answers(node, timeout=1.0)
+
+    if not _wait_for(ready, CONFIG.sshd_timeout, interval=0.1):
+        _, log, _ = _sshd_paths(node)
+        raise ClusterError(f"{node.name}: sshd does not answer on {node.ip}:{CONFIG.ssh_port}\n{_tail(log)}")
+
+
+# --------------------------------------------------------------------------- node lifecycle
+
+_INIT_SCRIPT = (
+    'hostname "$1" && rm -f "$3" && /usr/sbin/sshd -f "$2" -E "$4"'
+    ' || echo "rss-cluster: sshd failed to start on $1" >&2; exec sleep infinity'
+)
+
+
+def _init_argv(node: NodeSpec) -> list[str]:
+    conf, log, pid_file = _sshd_paths(node)
+    return [
+        "setsid", "-f",  # double fork: the node is nobody's child, it outlives this process
+        "ip", "netns", "exec", node.netns,
+        "unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--uts",
+        "--propagation", "private",
+        "tini", "-s", "--",
+        "/bin/sh", "-c", _INIT_SCRIPT, "rss-node-init", node.name, str(conf), str(pid_file), str(log),
+    ]  # fmt: skip
+
+
+def _find_init(node: NodeSpec, nonce: str = "") -> int | None:
+    for pid in _marked_pids(node, nonce):
+        if _is_ns_init(pid) and _alive(pid):
+            return pid
+    return None
+
+
+def _launch_init(node: NodeSpec) -> int:
+    nonce = uuid.uuid4().hex
+    env = {"PATH": _SYS_PATH, "LANG": "C.UTF-8", _MARKER_VAR: f"{node.name}:{nonce}"}
+    console = CONFIG.node_dir(node) / "console.log"
+    with open(console, "ab") as out:
+        subprocess.run(_init_argv(node), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                       env=env, start_new_session=True, check=True)  # fmt: skip
+    pid = _wait_for(lambda: _find_init(node, nonce), timeout=10)
+    if not pid:
+        raise ClusterError(f"{node.name}: init did not start\n{_tail(console)}")
+    (CONFIG.node_dir(node) / "init.json").write_text(json.dumps({"pid": pid, "nonce": nonce}))
+    return int(pid)
+
+
+def _running_init(node: NodeSpec) -> int | None:
+    """Host PID of the node's live init, from init.json, else by searching /proc."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        rec = json.loads((CONFIG.node_dir(node) / "init.json").read_text())
+        pid = int(rec["pid"])
+        if _alive(pid) and _is_ns_init(pid) and _has_env(pid, _marker(node, rec["nonce"])):
+            return pid
+    return _find_init(node)
+
+
+def _start_node(node: NodeSpec) -> int:
+    _ensure_host_keys(node)
+    _ensure_sshd_config(node)
+    if not _node_net_ok(node):
+        _teardown_node(node)
+        _create_node_net(node)
+    pid = _running_init(node)
+    if pid is None:
+        _kill_and_wait(_marked_pids(node))  # a half-started launcher, if any
+        _log(f"starting {node.name} ({node.ip})")
+        pid = _launch_init(node)
+    elif not _sshd_answers(node):
+        _log(f"restarting sshd on {node.name}")
+        _restart_sshd(node, drop_sessions=False)
+    _wait_sshd(node, pid)
+    return pid
+
+
+def _node_spec(node: NodeRef) -> NodeSpec:
+    name = node if isinstance(node, str) else node.name
+    for spec in CONFIG.nodes:
+        if spec.name == name:
+            return spec
+    raise ClusterError(f"unknown node {name!r}; nodes: {[n.name for n in CONFIG.nodes]}")
+
+
+def _require_init(node: NodeSpec) -> int:
+    pid = _running_init(node)
+    if pid is None:
+        raise ClusterError(f"{node.name} is not running (killed? call start_node)")
+    return pid
+
+
+def _read_pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _restart_sshd(node: NodeSpec, drop_sessions: bool) -> None:
+    conf, log, pid_file = _sshd_paths(node)
+    listener = _read_pid_file(pid_file)  # a PID inside the node's PID namespace
+    sshds = [p for p in node_processes(node) if p["comm"] == "sshd"]
+    victims = [p["pid"] for p in sshds if drop_sessions or p["pid"] == listener or "[listener]" in p["args"]]
+    if victims:
+        sig = "-KILL" if drop_sessions else "-TERM"
+        node_run(node, ["kill", sig, *map(str, victims)], check=False)
+    if not _wait_for(lambda: not _sshd_answers(node, timeout=0.5), timeout=10):
+        raise ClusterError(f"{node.name}: sshd still answers after it was killed")
+    pid_file.unlink(missing_ok=True)
+    node_run(node, [_SSHD, "-f", str(conf), "-E", str(log)])
+    _wait_sshd(node, _require_init(node))
+
+
+# --------------------------------------------------------------------------- users
+
+
+def _user_spec(user: UserRef) -> UserSpec:
+    spec = user if isinstance(user, UserSpec) else UserSpec(*user)
+    if not spec.name.startswith(CONFIG.user_prefix):
+        raise ClusterError(f"test user names must start with {CONFIG.user_prefix!r}: {spec.name!r}")
+    if spec.key_type not in KEY_TYPES:
+        raise ClusterError(f"key type must be one of {KEY_TYPES}: {spec.key_type!r}")
+    return spec
+
+
+def _recorded_users() -> list[UserSpec]:
+    try:
+        return [UserSpec(n, t) for n, t in json.loads(CONFIG.users_file.read_text())]
+    except (OSError, ValueError):
+        return []
+
+
+def _record_user(spec: UserSpec) -> None:
+    users = [u for u in _recorded_users() if u.name != spec.name] + [spec]
+    CONFIG.state_dir.mkdir(parents=True, exist_ok=True)
+    CONFIG.users_file.write_text(json.dumps([[u.name, u.key_type] for u in users], indent=1))
+
+
+def _known_hosts_text() -> str:
+    lines = []
+    for node in CONFIG.nodes:
+        for key in _host_key_paths(node):
+            key_type, blob = Path(f"{key}.pub").read_text().split()[:2]
+            lines.append(f"{node.name},{node.ip} {key_type} {blob}")
+    return "\n".join(lines) + "\n"
+
+
+def _getpwnam(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def _ensure_account(spec: UserSpec) -> pwd.struct_passwd:
+    if _getpwnam(spec.name) is None:
+        _log(f"creating user {spec.name}")
+        home = CONFIG.home_root / spec.name
+        _run(["useradd", "-m", "-d", home, "-s", "/bin/bash", "-U", spec.name])  # -U: own group
+    _run(["usermod", "-p", "*", spec.name])  # '!' (locked) makes sshd refuse even key logins
+    pw = pwd.getpwnam(spec.name)
+    home = Path(pw.pw_dir)
+    home.mkdir(mode=0o755, exist_ok=True)
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    os.chmod(home, home.stat().st_mode & ~0o022)  # StrictModes: not group/world-writable
+    return pw
+
+
+def _ensure_user(spec: UserSpec, known_hosts: str) -> User:
+    pw = _ensure_account(spec)
+    ssh_dir = Path(pw.pw_dir) / ".ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    os.chmod(ssh_dir, 0o700)
+    os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
+    key = ssh_dir / f"id_{spec.key_type}"
+    if not (key.exists() and Path(f"{key}.pub").exists()):
+        _ssh_keygen(key, spec.key_type, f"{spec.name}@rss-cluster")
+    for path, mode in ((key, 0o600), (Path(f"{key}.pub"), 0o644)):
+        os.chmod(path, mode)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    _write(ssh_dir / "authorized_keys", Path(f"{key}.pub").read_text(), 0o600, pw)
+    _write(ssh_dir / "known_hosts", known_hosts, 0o644, pw)
+    _record_user(spec)
+    return _user_view(spec, pw)
+
+
+def _user_view(spec: UserSpec, pw: pwd.struct_passwd) -> User:
+    key = Path(pw.pw_dir) / ".ssh" / f"id_{spec.key_type}"
+    return User(spec.name, spec.key_type, key, Path(f"{key}.pub"), Path(pw.pw_dir), pw.pw_uid, pw.pw_gid)
+
+
+def _user_ok(spec: UserSpec) -> bool:
+    pw = _getpwnam(spec.name)
+    if pw is None:
+        return False
+    ssh_dir = Path(pw.pw_dir) / ".ssh"
+    return all((ssh_dir / n).is_file() for n in (f"id_{spec.key_type}", "authorized_keys", "known_hosts"))
+
+
+def _remove_user(name: str) -> None:
+    pw = _getpwnam(name)
+    if pw is None or not name.startswith(CONFIG.user_prefix):
+        return
+    _log(f"removing user {name}")
+    _kill_and_wait(_uid_pids(pw.pw_uid))
+    proc = _run(["userdel", "--remove", name], check=False)
+    if proc.returncode not in (0, 12):  # 12: home/mail spool not removed (e.g. none existed)
+        raise ClusterError(f"userdel {name} failed: {proc.stderr.strip()}")
+    home = Path(pw.pw_dir)
+    if home.parent == CONFIG.home_root and home.name == name and home.exists():
+        shutil.rmtree(home)
+
+
+# --------------------------------------------------------------------------- single-user venv
+
+
+def _hub_version() -> str:
+    try:
+        return importlib.metadata.version("jupyterhub")
+    except importlib.metadata.PackageNotFoundError:
+        raise ClusterError(
+            f"jupyterhub is not installed in {sys.executable}: run this with the hub's Python (pyenv)"
+        ) from None
+
+
+def _venv_requirements() -> list[str]:
+    return [f"jupyterhub=={_hub_version()}", *CONFIG.singleuser_extras]
+
+
+def _venv_marker() -> Path:
+    return CONFIG.venv / ".rss-cluster-requirements"
+
+
+def _venv_ok() -> bool:
+    marker = _venv_marker()
+    current = marker.exists() and marker.read_text().split() == _venv_requirements()
+    return current and (CONFIG.venv / "bin" / "jupyterhub-singleuser").exists()
+
+
+def _make_world_readable(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, os.stat(dirpath).st_mode | 0o555)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not os.path.islink(path):
+                os.chmod(path, st.st_mode | 0o444 | (0o111 if st.st_mode & 0o111 else 0))
+
+
+def _ensure_venv() -> None:
+    if _venv_ok():
+        return
+    reqs = _venv_requirements()
+    if not (CONFIG.venv / "bin" / "python").exists():
+        _log(f"creating {CONFIG.venv}")
+        _run(["/usr/bin/python3", "-m", "venv", CONFIG.venv])
+    _log(f"pip install {' '.join(reqs)} into {CONFIG.venv} (takes a minute)")
+    python = CONFIG.venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--no-input", "--progress-bar", "off", *reqs]
+    proc = _run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *pip], check=False)
+    (CONFIG.state_dir / "pip.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise ClusterError(f"pip install into {CONFIG.venv} failed:\n{proc.stderr.strip()[-3000:]}")
+    _make_world_readable(CONFIG.venv)
+    for parent in CONFIG.venv.parents:
+        os.chmod(parent, os.stat(parent).st_mode | 0o555)
+    _venv_marker().write_text(" ".join(reqs) + "\n")
+
+
+# --------------------------------------------------------------------------- singularity stand-in
+
+
+def _stand_in_files() -> tuple[Path, Path]:
+    files = (CONFIG.tests_bin / "singularity", CONFIG.tests_bin / "make-fake-image")
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise ClusterError(
+            f"the singularity stand-in is missing: {', '.join(missing)} (tests/bin/singularity and "
+            "tests/bin/make-fake-image OUTPUT KEY=VALUE... must exist before `cluster.py up`)"
+        )
+    return files
+
+
+def _script_argv(path: Path) -> list[str]:
+    """Run PATH directly if executable, else through its #! line."""
+    if os.access(path, os.X_OK):
+        return [str(path)]
+    first = path.read_text(errors="replace").splitlines()[:1]
+    if not first or not first[0].startswith("#!"):
+        raise ClusterError(f"{path} is neither executable nor a #! script")
+    return [*shlex.split(first[0][2:]), str(path)]
+
+
+def _image_key(src: Path, maker: Path, args: Sequence[str]) -> str:
+    digest = hashlib.sha256(src.read_bytes() + b"\0" + maker.read_bytes())
+    digest.update("\0".join(args).encode())
+    return digest.hexdigest()
+
+
+def _install_singularity() -> None:
+    src, maker = _stand_in_files()
+    for d in (CONFIG.opt_dir, CONFIG.singularity.parent, CONFIG.image.parent):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+    if not CONFIG.singularity.is_file() or CONFIG.singularity.read_bytes() != src.read_bytes():
+        shutil.copyfile(src, CONFIG.singularity)
+    os.chmod(CONFIG.singularity, 0o755)
+    if not CONFIG.apptainer.is_symlink() or os.readlink(CONFIG.apptainer) != "singularity":
+        CONFIG.apptainer.unlink(missing_ok=True)
+        CONFIG.apptainer.symlink_to("singularity")
+    _ensure_image(src, maker)
+
+
+def _ensure_image(src: Path, maker: Path) -> None:
+    args = [str(CONFIG.image), f"PATH={CONFIG.image_path_env}"]
+    key_file = CONFIG.state_dir / "image.key"
+    key = _image_key(src, maker, args)
+    if CONFIG.image.is_file() and key_file.exists() and key_file.read_text() == key:
+        return
+    _log(f"making {CONFIG.image}")
+    CONFIG.image.unlink(missing_ok=True)
+    _run([*_script_argv(maker), *args])
+    if not CONFIG.image.is_file():
+        raise ClusterError(f"{maker} did not create {CONFIG.image}")
+    os.chmod(CONFIG.image, 0o644)
+    key_file.write_text(key)
+
+
+def _singularity_ok() -> bool:
+    if not (CONFIG.singularity.is_file() and CONFIG.apptainer.is_symlink() and CONFIG.image.is_file()):
+        return False
+    with contextlib.suppress(ClusterError, OSError):
+        src, maker = _stand_in_files()
+        key = _image_key(src, maker, [str(CONFIG.image), f"PATH={CONFIG.image_path_env}"])
+        key_now = (CONFIG.state_dir / "image.key").read_text()
+        return CONFIG.singularity.read_bytes() == src.read_bytes() and key_now == key
+    return True  # sources gone: what is installed is all there is
+
+
+# --------------------------------------------------------------------------- views and checks
+
+
+def _node_view(node: NodeSpec) -> Node:
+    conf, log, pid_file = _sshd_paths(node)
+    console = CONFIG.node_dir(node) / "console.log"
+    return Node(node.name, node.ip, node.netns, _running_init(node), conf, log, pid_file, console,
+                _host_key_paths(node))  # fmt: skip
+
+
+def describe() -> Cluster:
+    """The cluster as it is now, without health checks (init_pid is None for a node that is down)."""
+    users = tuple(
+        _user_view(spec, pw) for spec in _recorded_users() if (pw := _getpwnam(spec.name)) is not None
+    )
+    return Cluster(
+        nodes=tuple(_node_view(n) for n in CONFIG.nodes),
+        users=users,
+        hub_ip=CONFIG.hub_ip,
+        singularity=CONFIG.singularity,
+        apptainer=CONFIG.apptainer,
+        image=CONFIG.image,
+        venv=CONFIG.venv,
+        known_hosts=CONFIG.known_hosts,
+        state_dir=CONFIG.state_dir,
+    )
+
+
+def problems(users: Iterable[UserRef] | None = None) -> list[str]:
+    """What is missing or broken; [] means the cluster is up and healthy."""
+    found = (
+        [] if _bridge_ok() else [f"bridge {CONFIG.bridge} with {CONFIG.hub_ip}/{CONFIG.prefix_len} missing"]
+    )
+    for node in CONFIG.nodes:
+        if not _node_net_ok(node):
+            found.append(f"{node.name}: network namespace / veth not set up")
+        if _running_init(node) is None:
+            found.append(f"{node.name}: not running")
+        elif not _sshd_answers(node):
+            found.append(f"{node.name}: sshd does not answer on {node.ip}:{CONFIG.ssh_port}")
+    wanted = [_user_spec(u) for u in users] if users is not None else list(CONFIG.users)
+    found += [f"user {u.name}: missing or without keys" for u in wanted if not _user_ok(u)]
+    if not CONFIG.known_hosts.is_file():
+        found.append(f"{CONFIG.known_hosts} missing")
+    with contextlib.suppress(ClusterError):  # no jupyterhub here: cannot judge the venv
+        if not _venv_ok():
+            found.append(f"{CONFIG.venv}: single-user environment missing or outdated")
+    if not _singularity_ok():
+        found.append(f"{CONFIG.singularity} / {CONFIG.image}: missing or outdated")
+    return found
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def up(users: Iterable[UserRef] | None = None) -> Cluster:
+    """Build the cluster, or verify it and return when it is up already (idempotent).
+
+    users: (name, key_type) pairs or UserSpec to ensure; None means CONFIG.users.
+    """
+    _preflight()
+    wanted = [_user_spec(u) for u in users] if users is not None else list(CONFIG.users)
+    with _locked():
+        if problems(wanted):
+            _build(wanted)
+            left = problems(wanted)
+            if left:
+                raise ClusterError("cluster still unhealthy after up():\n  " + "\n  ".join(left))
+    return describe()
+
+
+def _build(users: Sequence[UserSpec]) -> None:
+    CONFIG.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(CONFIG.state_dir, 0o755)
+    for node in CONFIG.nodes:
+        _ensure_host_keys(node)
+    known_hosts = _known_hosts_text()
+    _write(CONFIG.known_hosts, known_hosts, 0o644)
+    wanted = {u.name: u for u in users}
+    for spec in [*(u for u in _recorded_users() if u.name not in wanted), *users]:
+        _ensure_user(spec, known_hosts)  # refreshes earlier users' known_hosts too
+    _install_singularity()
+    _ensure_bridge()
+    for node in CONFIG.nodes:
+        _start_node(node)
+    _ensure_venv()
+
+
+def down(keep_venv: bool = False) -> None:
+    """Remove everything up() created; safe when nothing or only part of it exists.
+
+    keep_venv: leave /opt/rss-singleuser (its pip install takes a minute) for a quick re-up.
+    """
+    _require_root()
+    with _locked():
+        for node in CONFIG.nodes:
+            _teardown_node(node)
+        _remove_bridge()
+        names = {u.name for u in _recorded_users()} | {u.name for u in CONFIG.users}
+        for name in sorted(names):
+            _remove_user(name)
+        doomed = [CONFIG.opt_dir, CONFIG.state_dir] + ([] if keep_venv else [CONFIG.venv])
+        for path in doomed:
+            shutil.rmtree(path, ignore_errors=True)
+        CONFIG.lock_file.unlink(missing_ok=True)
+
+
+def status() -> Cluster | None:
+    """The cluster if it is up and healthy, else None (see problems() for why)."""
+    return describe() if not problems() else None
+
+
+def add_user(name: str, key_type: str) -> User:
+    """Create (or refresh) a test user with a key of key_type; down() removes it."""
+    _require_root()
+    spec = _user_spec((name, key_type))
+    with _locked():
+        for node in CONFIG.nodes:
+            _ensure_host_keys(node)
+        return _ensure_user(spec, _known_hosts_text())
+
+
+def remove_user(name: str) -> None:
+    """Delete a test user (account, home, processes) and forget it; no-op if it does not exist."""
+    _require_root()
+    with _locked():
+        _remove_user(_user_spec((name, KEY_TYPES[0])).name)
+        kept = [u for u in _recorded_users() if u.name != name]
+        if CONFIG.users_file.exists():
+            CONFIG.users_file.write_text(json.dumps([[u.name, u.key_type] for u in kept], indent=1))
+
+
+def start_node(node: NodeRef) -> Node:
+    """Bring a node (back) up: network, init, sshd; no-op if it is running."""
+    _require_root()
+    spec = _node_spec(node)
+    with _locked():
+        _ensure_bridge()
+        _start_node(spec)
+    return _node_view(spec)
+
+
+def kill_node(node: NodeRef, unplug: bool = False) -> None:
+    """SIGKILL the node's init: every process on it dies, like a crash.
+
+    Connections to it are then refused; with unplug=True its link is also taken down, so they
+    time out / find no route instead, like a powered-off host. start_node() undoes both.
+    """
+    _require_root()
+    spec = _node_spec(node)
+    pid = _running_init(spec)
+    _kill_and_wait(([pid] if pid else []) + _marked_pids(spec))
+    (CONFIG.node_dir(spec) / "init.json").unlink(missing_ok=True)
+    if unplug and _ip_json("link", "show", "dev", spec.veth):
+        _run(["ip", "link", "set", spec.veth, "down"])
+
+
+def restart_sshd(node: NodeRef, drop_sessions: bool = False) -> None:
+    """Stop the node's sshd and start a new one; every other process stays alive.
+
+    drop_sessions=False: only the listener is stopped (SIGTERM), as in `systemctl restart ssh`:
+    existing SSH sessions keep running. drop_sessions=True: all sshd processes are SIGKILLed,
+    so every open connection breaks (a flaky link), while the commands they ran live on.
+    """
+    _require_root()
+    _restart_sshd(_node_spec(node), drop_sessions)
+
+
+def node_run(
+    node: NodeRef,
+    argv: Sequence[str | Path],
+    user: str | None = None,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float | None = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run argv inside the node (its network, PID, mount and UTS namespaces), text mode.
+
+    As root in / by default; as user (setpriv, with the user's groups and a login-like clean
+    environment: HOME, USER, SHELL, PATH) in the user's home otherwise. check=True raises
+    NodeCommandError on a non-zero exit.
+    """
+    spec = _node_spec(node)
+    cmd = ["nsenter", "-t", str(_require_init(spec)), "-n", "-p", "-m", "-u"]
+    if user is None:
+        cmd += ["--wdns=/", "--"]
+    else:
+        pw = _getpwnam(user)
+        if pw is None:
+            raise ClusterError(f"no such user: {user!r}")
+        cmd += [f"--wdns={pw.pw_dir}", "--", "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                "--init-groups", "--reset-env", "--"]  # fmt: skip
+    cmd += [str(a) for a in argv]
+    env = {"PATH": _SYS_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+    stdin = None if input is not None else subprocess.DEVNULL
+    proc = subprocess.run(
+        cmd, input=input, stdin=stdin, capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise NodeCommandError(proc.returncode, cmd, proc.stdout, proc.stderr)
+    return proc
+
+
+_PS_SCRIPT = r"""
+import json, os, pwd
+me, out = os.getpid(), []
+for d in os.listdir("/proc"):
+    if not d.isdigit() or int(d) == me:
+        continue
+    try:
+        stat = open(f"/proc/{d}/stat", "rb").read().decode(errors="replace")
+        cmd = open(f"/proc/{d}/cmdline", "rb").read()
+        status = open(f"/proc/{d}/status", "rb").read().decode(errors="replace")
+    except OSError:
+        continue
+    comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+    uid = int(next(l for l in status.splitlines() if l.startswith("Uid:")).split()[2])
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    args = " ".join(a.decode(errors="replace") for a in cmd.rstrip(b"\0").split(b"\0"))
+    out.append(dict(pid=int(d), ppid=int(rest[1]), pgid=int(rest[2]), user=user, uid=uid,
+                    comm=comm, state=rest[0], args=args or f"[{comm}]"))
+print(json.dumps(sorted(out, key=lambda p: p["pid"])))
+"""
+
+
+def node_processes(node: NodeRef) -> list[dict[str, Any]]:
+    """Processes on the node, as seen from inside it (node-local PIDs).
+
+    Each: pid, ppid, pgid, user, uid (effective), comm, state (R/S/Z...), args. The helper that
+    reads them is left out.
+    """
+    return json.loads(node_run(node, ["/usr/bin/python3", "-I", "-c", _PS_SCRIPT]).stdout)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _summary(c: Cluster) -> str:
+    lines = [f"hub address      {c.hub_ip} (bridge {CONFIG.bridge})"]
+    lines += [f"node {n.name:<11} {n.ip:<14} init pid {n.init_pid}  log {n.sshd_log}" for n in c.nodes]
+    lines += [f"user {u.name:<11} {u.key_type:<8} {u.private_key}" for u in c.users]
+    lines += [
+        f"singularity      {c.singularity} (+ {c.apptainer.name})",
+        f"image            {c.image}",
+        f"single-user venv {c.venv}",
+        f"known_hosts      {c.known_hosts}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cluster.py", description="Local emulated HPC cluster for the tests."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="build the cluster (verify it when it is up already)")
+    down_parser = sub.add_parser("down", help="remove everything up() created")
+    down_parser.add_argument("--keep-venv", action="store_true", help=f"keep {CONFIG.venv}")
+    sub.add_parser("status", help="exit 0 if the cluster is up and healthy")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            print(_summary(up()))
+        elif args.command == "down":
+            down(keep_venv=args.keep_venv)
+        else:
+            found = problems()
+            print(_summary(describe()) if not found else "not up:\n  " + "\n  ".join(found))
+            return 1 if found else 0
+    except ClusterError as exc:
+        print(f"cluster.py: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""End to end: a real Hub, configurable-http-proxy and sshd nodes.
+
+Every test drives the Hub through its REST API, as a user's browser or
+jupyterhub-idle-culler would, and looks at the nodes from inside them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import cluster as cluster_mod
+import pytest
+from conftest import servers_of, user_processes
+
+NODE1, NODE2 = "rss-node1", "rss-node2"
+
+
+def wait_until(predicate, timeout=30, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def nothing_left(node, user):
+    """No process of *user* on *node* but the sshd session that is closing."""
+    return not [p for p in user_processes(node, user) if not p["comm"].startswith("sshd")]
+
+
+def node_token(node: str, pid: int) -> str:
+    environ = cluster_mod.node_run(node, ["cat", f"/proc/{pid}/environ"]).stdout
+    match = re.search(r"JUPYTERHUB_API_TOKEN=([^\0]+)", environ)
+    assert match, "the server has no API token in its environment"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    "user, node",
+    [("rss-alice", NODE1), ("rss-bob", NODE2), ("rss-carol", NODE1)],
+    ids=["ed25519-node1", "ecdsa-node2", "rsa-node1"],
+)
+def test_spawn_on_chosen_node_reachable_through_proxy_and_stop_leaves_nothing(hub, user, node):
+    other = NODE2 if node == NODE1 else NODE1
+    r = hub.spawn(user, options={"host": node})
+    assert r.status_code in (201, 202), r.text
+    model = hub.wait_ready(user)
+    assert model["user_options"]["host"] == node
+
+    # Through configurable-http-proxy to the server on the node.
+    status = hub.through_proxy(user)
+    assert status.status_code == 200, status.text
+    assert "last_activity" in status.json()
+
+    # The server lives on the chosen node, as the user, and nowhere else.
+    servers = servers_of(node, user)
+    assert len(servers) == 1, user_processes(node, user)
+    assert servers_of(other, user) == []
+    node_ip = cluster_mod.describe().node(node).ip
+    assert model["url"] == f"/user/{user}/"
+    state = model["state"]  # the spawner's state, visible with admin:server_state
+    assert state["node"] == node and state["address"] == node_ip
+    listening = cluster_mod.node_run(node, ["ss", "-Htln"]).stdout
+    assert f"{node_ip}:{state['port']} " in listening, listening
+
+    # The API token is in no argv on the node or the hub, and not in the Hub's log.
+    token = node_token(node, servers[0]["pid"])
+    for n in (NODE1, NODE2):
+        assert not [p for p in cluster_mod.node_processes(n) if token in p["args"]]
+    hub_argvs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert token not in hub_argvs
+    assert token not in hub.log_path.read_text(errors="replace")
+
+    hub.stop_server(user)
+    assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
+    assert hub.through_proxy(user).status_code != 200
+
+
+def test_named_servers_on_both_nodes_at_once(hub):
+    user = "rss-alice"
+    for name, node in (("left", NODE1), ("right", NODE2)):
+        r = hub.spawn(user, name, {"host": node})
+        assert r.status_code in (201, 202), r.text
+    for name in ("left", "right"):
+        hub.wait_ready(user, name)
+    assert len(servers_of(NODE1, user)) == 1
+    assert len(servers_of(NODE2, user)) == 1
+    assert hub.through_proxy(user, "left").status_code == 200
+    assert hub.through_proxy(user, "right").status_code == 200
+
+    hub.stop_server(user, "left")
+    assert wait_until(lambda: servers_of(NODE1, user) == [])
+    assert len(servers_of(NODE2, user)) == 1, "stopping one server left the other alone"
+    hub.stop_server(user, "right")
+    assert wait_until(lambda: nothing_left(NODE1, user) and nothing_left(NODE2, user))
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"host": "rss-node3"}, "rss-node3"),
+        ({"host": "rss-node1; touch /tmp/rss-canary"}, "rss-node1; touch /tmp/rss-canary"),
+        ({"host": NODE1, "binds": ["/tmp/$(touch /tmp/rss-canary)"]}, "/tmp/$(touch /tmp/rss-canary)"),
+        ({"host": NODE1, "binds": "/tmp;relative/path"}, "relative/path"),
+        ({"host": NODE1, "binds": ["/tmp:/mnt:rx"]}, "rx"),
+    ],
+    ids=["unlisted-host", "host-with-shell", "bind-with-subshell", "relative-bind", "bad-bind-option"],
+)
+def test_invalid_host_or_bind_rejected_and_nothing_started(hub, options, named):
+    user = "rss-bob"
+    before = {n: len(user_processes(n, user)) for n in (NODE1, NODE2)}
+    r = hub.spawn(user, options=options)
+    if r.status_code == 202:  # the failure arrives on the progress stream
+        final = hub.progress_events(user)[-1]
+        assert final.get("failed"), final
+        message = final["message"]
+    else:
+        assert r.status_code >= 400, r.text
+        message = r.json()["message"]
+    assert named in message
+    for n in (NODE1, NODE2):
+        assert len(user_processes(n, user)) == before[n]
+        assert cluster_mod.node_run(n, ["test", "-e", "/tmp/rss-canary"], check=False).returncode != 0
+    assert hub.server_model(user) is None
+
+
+def spawn_failure(hub, user, options):
+    r = hub.spawn(user, options=options)
+    if r.status_code == 202:
+        final = hub.progress_events(user)[-1]
+        assert final.get("failed"), final
+        return final["message"]
+    assert r.status_code >= 400, r.text
+    return r.json()["message"]
+
+
+def test_missing_image_fails_fast_with_the_log_tail(cluster, alt_hub):
+    missing = "/opt/rss-cluster/images/nope.sif"
+    hub = alt_hub(f'c.RemoteSingularitySpawner.singularity_container_path = "{missing}"')
+    message = spawn_failure(hub, "rss-alice", {"host": NODE2})
+    assert "did not start" in message
+    assert f"could not open image {missing}" in message
+    assert wait_until(lambda: nothing_left(NODE2, "rss-alice"))
+
+
+def test_unknown_host_key_is_refused(cluster, alt_hub, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    hub = alt_hub(f'c.RemoteSingularitySpawner.known_hosts_files = ["{empty}"]')
+    message = spawn_failure(hub, "rss-carol", {"host": NODE1})
+    node_ip = cluster.node(NODE1).ip
+    assert f"host key of {node_ip}" in message and "not in known_hosts" in message
+    assert "ssh_known_hosts" in message, "the message says what to do"
+    assert nothing_left(NODE1, "rss-carol")
