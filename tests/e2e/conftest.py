@@ -52,7 +52,8 @@ def make_hub(c, workdir: Path, offset: int = 0, **kwargs) -> Hub:
 
 @pytest.fixture(scope="session")
 def hub(cluster, tmp_path_factory):
-    h = make_hub(cluster, tmp_path_factory.mktemp("hub"))
+    # Poll often, so a test sees the Hub notice a dead server within seconds.
+    h = make_hub(cluster, tmp_path_factory.mktemp("hub"), extra_config="c.Spawner.poll_interval = 3")
     h.start()
     for user in USERS:
         h.ensure_user(user)

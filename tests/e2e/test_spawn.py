@@ -7,8 +7,10 @@ jupyterhub-idle-culler would, and looks at the nodes from inside them.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import cluster as cluster_mod
 import pytest
@@ -156,3 +158,56 @@ def test_unknown_host_key_is_refused(cluster, alt_hub, tmp_path):
     assert f"host key of {node_ip}" in message and "not in known_hosts" in message
     assert "ssh_known_hosts" in message, "the message says what to do"
     assert nothing_left(NODE1, "rss-carol")
+
+
+def test_a_server_that_dies_is_noticed_by_poll_and_cleaned_up(hub):
+    user, node = "rss-carol", NODE2
+    hub.spawn(user, options={"host": node})
+    model = hub.wait_ready(user)
+    cluster_mod.node_run(node, ["kill", "-KILL", str(model["state"]["pid"])])
+    # poll_interval is 3 s in this Hub: check_pid.sh must report it gone.
+    assert wait_until(lambda: hub.server_model(user) is None, timeout=60), hub.server_model(user)
+    assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
+
+
+def test_servers_survive_a_hub_restart_and_stop_from_state(alt_hub):
+    user = "rss-bob"
+    hub = alt_hub("", cleanup_servers=False)
+    hub.spawn(user, options={"host": NODE2})
+    hub.spawn(user, "second", {"host": NODE1})
+    before = {name: hub.wait_ready(user, name)["state"] for name in ("", "second")}
+
+    hub.stop()
+    assert len(servers_of(NODE2, user)) == 1 and len(servers_of(NODE1, user)) == 1
+    hub.start()
+
+    for name, state in before.items():
+        model = hub.server_model(user, name)
+        assert model and model["ready"], f"server {name!r} lost in the restart"
+        assert model["state"]["pid"] == state["pid"] and model["state"]["port"] == state["port"]
+        assert hub.through_proxy(user, name).status_code == 200
+    assert len(servers_of(NODE2, user)) == 1 and len(servers_of(NODE1, user)) == 1, "none duplicated"
+
+    hub.stop_server(user, "")
+    hub.stop_server(user, "second")
+    assert wait_until(lambda: nothing_left(NODE1, user) and nothing_left(NODE2, user))
+
+
+def test_an_edited_copy_of_the_scripts_is_uploaded_as_a_new_version(cluster, alt_hub, tmp_path):
+    from remotesingularityspawner import remote
+
+    copy = tmp_path / "site-scripts"
+    shutil.copytree(Path(remote.__file__).with_name("scripts"), copy)
+    with open(copy / "start_singleuser.sh", "a") as f:
+        f.write("# edited by the site's sysadmin\n")
+    version = remote.ScriptBundle.load(copy).version
+    hub = alt_hub(f'c.RemoteSingularitySpawner.scripts_dir = "{copy}"')
+    user = "rss-alice"
+    hub.spawn(user, options={"host": NODE1})
+    model = hub.wait_ready(user)
+    assert model["state"]["scripts_version"] == version
+    uploaded = cluster.user(user).home / ".remote-singularity-spawner" / "scripts" / version
+    assert (uploaded / "start_singleuser.sh").read_text().endswith("# edited by the site's sysadmin\n")
+    assert oct(uploaded.stat().st_mode & 0o777) == "0o700"
+    hub.stop_server(user)
+    assert wait_until(lambda: nothing_left(NODE1, user))

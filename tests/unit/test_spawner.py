@@ -96,3 +96,67 @@ def test_traits_have_help_for_admins():
     for name, trait in RemoteSingularitySpawner.class_traits(config=True).items():
         if trait.this_class is RemoteSingularitySpawner:
             assert len(trait.help) > 30, name
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+async def test_unreachable_node_is_reported_running_for_the_grace_period_then_stopped(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(spawner_module.time, "monotonic", clock)
+    s = make_spawner(poll_grace_period=120)
+    s.pid, s.start_time, s.address, s.node, s.login = 42, 7, "10.0.0.1", "n1", "alice"
+
+    calls = []
+
+    def unreachable(*args):
+        calls.append(args[1])
+        raise spawner_module.remote.ConnectError("cannot connect to alice@10.0.0.1:22: timed out")
+
+    monkeypatch.setattr(s, "_run_script", unreachable)
+    assert await s.poll() is None
+    clock.now += 119
+    assert await s.poll() is None, "still within the grace period"
+    clock.now += 2
+    assert await s.poll() == 1, "after the grace period the server counts as gone"
+    assert calls == ["check_pid.sh"] * 3
+
+
+async def test_a_successful_poll_resets_the_grace_period(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(spawner_module.time, "monotonic", clock)
+    s = make_spawner(poll_grace_period=60)
+    s.pid, s.start_time, s.address, s.node, s.login = 42, 7, "10.0.0.1", "n1", "alice"
+    reachable = {"ok": False}
+
+    def run(*args):
+        if not reachable["ok"]:
+            raise spawner_module.remote.ConnectError("refused")
+        return spawner_module.remote.Reply(exit_code=0, data={"running": True})
+
+    monkeypatch.setattr(s, "_run_script", run)
+    assert await s.poll() is None
+    clock.now += 50
+    reachable["ok"] = True
+    assert await s.poll() is None
+    reachable["ok"] = False
+    clock.now += 50
+    assert await s.poll() is None, "the outage started again from zero"
+    clock.now += 61
+    assert await s.poll() == 1
+
+
+def test_jupyterhub_help_all_shows_the_traits():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyterhub", "--help-all"], capture_output=True, text=True, check=True
+    ).stdout
+    for trait in ("nodelist", "singularity_container_path", "known_hosts_files", "poll_grace_period"):
+        assert f"--RemoteSingularitySpawner.{trait}" in out

@@ -1,0 +1,147 @@
+"""Development, test and demo tasks for remote-singularity-spawner.
+
+    invoke test            lint, then bats, unit and end-to-end tests (as root)
+    invoke test --layer unit|bats|e2e
+    invoke lint            ruff and shellcheck
+    invoke demo            a Hub on http://127.0.0.1:8000 on the local two-node cluster
+    invoke cluster up|down|status
+
+The end-to-end tests and the demo build a local emulated cluster (network
+and PID namespaces, one sshd per node, test users): they need root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from invoke import Exit, task
+
+ROOT = Path(__file__).resolve().parent
+SHELL_FILES = "scripts/*.sh tests/bats/helpers.bash tests/bin/make-fake-image .ci/setup .ci/run .ci/demo"
+LAYERS = ("unit", "bats", "e2e")
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise Exit(f"{what} builds network namespaces, sshd nodes and test users: run it as root.")
+
+
+def _require(tool: str, hint: str) -> None:
+    if shutil.which(tool) is None:
+        raise Exit(f"'{tool}' is not installed: {hint}")
+
+
+def _cluster():
+    sys.path.insert(0, str(ROOT / "tests"))
+    import cluster  # noqa: PLC0415 - tests/ is not a package
+
+    return cluster
+
+
+@task
+def lint(c):
+    """Check the Python code with ruff and the shell scripts with shellcheck."""
+    _require("shellcheck", "apt-get install shellcheck (or run .ci/setup)")
+    with c.cd(str(ROOT)):
+        c.run("ruff check spawner tests tasks.py")
+        c.run(f"shellcheck -x {SHELL_FILES}")
+
+
+@task(help={"layer": "run only one layer: unit, bats or e2e", "pytest_args": "extra pytest arguments"})
+def test(c, layer="", pytest_args=""):
+    """Install the package as an admin would, then run all test layers."""
+    if layer and layer not in LAYERS:
+        raise Exit(f"--layer must be one of {', '.join(LAYERS)}")
+    with c.cd(str(ROOT)):
+        # Test what `pip install` gives a hub admin, scripts and templates included.
+        c.run(f"{sys.executable} -m pip install --quiet --no-deps --force-reinstall .", hide="out")
+        if not layer:
+            lint(c)
+        if layer in ("", "bats"):
+            _require("bats", "apt-get install bats (or run .ci/setup)")
+            c.run("bats tests/bats", pty=False)
+        paths = {"": "tests/unit tests/e2e", "unit": "tests/unit", "e2e": "tests/e2e"}.get(layer)
+        if paths:
+            if "e2e" in paths:
+                _require_root("the end-to-end layer")
+                _require("configurable-http-proxy", "npm install -g configurable-http-proxy")
+            c.run(f"{sys.executable} -m pytest -ra {paths} {pytest_args}", pty=False)
+
+
+@task(help={"action": "up, down or status"})
+def cluster(c, action="status"):
+    """Bring the local test cluster up or down, or show its state."""
+    _require_root("the test cluster")
+    c.run(f"{sys.executable} {ROOT / 'tests' / 'cluster.py'} {action}", pty=False)
+
+
+@task(
+    help={
+        "image": "a real Singularity/Apptainer image to run (with --singularity)",
+        "singularity": "a real singularity or apptainer executable on the nodes",
+        "port": "the Hub's public port on 127.0.0.1 (default 8000)",
+    }
+)
+def demo(c, image="", singularity="", port=8000):
+    """Run a Hub on http://127.0.0.1:8000 with this spawner on the local two-node cluster.
+
+    Uses a real singularity/apptainer when one is on PATH and --image is given;
+    otherwise the test stand-in, and says so. Ctrl-C stops everything.
+    """
+    _require_root("the demo")
+    _require("configurable-http-proxy", "npm install -g configurable-http-proxy (or run .ci/setup)")
+    cl = _cluster()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from harness import Hub  # noqa: PLC0415
+
+    real = singularity or shutil.which("apptainer") or shutil.which("singularity")
+    print("Bringing up the local cluster (first time: about a minute)...", flush=True)
+    state = cl.up()
+    if real and image:
+        exe, img, note = real, image, f"using {real} with the image {image}"
+    else:
+        exe, img = str(state.singularity), str(state.image)
+        note = (
+            "no real singularity/apptainer and image given (--singularity, --image): using the "
+            f"test stand-in {exe}, which runs the server from {state.venv} on the node"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="rss-demo-"))
+    hub = Hub(
+        workdir=workdir,
+        hub_ip=state.hub_ip,
+        nodelist=",".join(f"{n.name}:{n.ip}" for n in state.nodes),
+        singularity=exe,
+        image=img,
+        public_port=port,
+        hub_port=8081,
+        proxy_api_port=8001,
+        log_level="INFO",
+        extra_config='c.Spawner.default_url = "/lab"',
+    )
+    try:
+        hub.start()
+        hub.ensure_user("rss-demo")
+        print(
+            f"\nJupyterHub is up: {hub.url}\n"
+            f"  login: rss-demo   password: {hub.password}\n"
+            f"  nodes: {', '.join(n.name for n in state.nodes)}\n"
+            f"  {note}\n"
+            f"  Hub log: {hub.log_path}\n"
+            "Press Ctrl-C to stop the Hub, the servers and the cluster.\n",
+            flush=True,
+        )
+        while hub.process.poll() is None:
+            time.sleep(1)
+        print(f"JupyterHub exited:\n{hub.log_tail()}")
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+    finally:
+        hub.stop()
+        cl.down(keep_venv=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("Demo stopped; the cluster is down.")
