@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154  # bats sets status/output/stderr; tests read PID, PORT, START
 # Shared set-up for the scripts' bats tests: a private HOME, the stand-in
 # singularity on PATH, a stand-in image whose PATH finds fake-singleuser.
 
