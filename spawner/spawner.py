@@ -26,7 +26,14 @@ from traitlets import Bool, Callable, Float, Integer, List, Tuple, Unicode, Unio
 
 from . import remote
 from .nodes import Node, parse_nodelist
-from .options import OptionsError, check_login_name, options_from_form, parse_binds, validate_user_options
+from .options import (
+    OptionsError,
+    UserOptions,
+    check_login_name,
+    options_from_form,
+    parse_binds,
+    validate_user_options,
+)
 
 try:
     from jupyterhub.spawner import SpawnException
@@ -214,6 +221,10 @@ class RemoteSingularitySpawner(Spawner):
     def _options_from_form_default(self):
         return options_from_form
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        return _apply_user_options
+
     @validate("port_range")
     def _validate_port_range(self, proposal):
         low, high = proposal["value"]
@@ -334,16 +345,34 @@ class RemoteSingularitySpawner(Spawner):
         finally:
             self._starting = False
 
+    async def check_options(self, user_options) -> tuple[Node, UserOptions]:
+        """Validate *user_options* against the node list; raise SpawnException if bad.
+
+        Runs as JupyterHub's ``apply_user_options`` hook (5.3+), so a bad value
+        is refused before the spawn begins, and again in ``start()``.
+        """
+        nodes = await self.get_nodes()
+        if not nodes:
+            raise self._fail(
+                "No compute node is available: c.RemoteSingularitySpawner.nodelist has no valid "
+                "entry. Please tell your administrator.",
+                reason="config",
+            )
+        try:
+            options = validate_user_options(user_options, [n.label for n in nodes])
+        except OptionsError as e:
+            raise self._fail(f"Cannot start your server: {e}", reason="options") from None
+        return next(n for n in nodes if n.label == options.host), options
+
     async def _start(self):
         if not self.singularity_container_path:
             raise self._fail(
                 "the Hub is not configured: c.RemoteSingularitySpawner.singularity_container_path is empty",
                 reason="config",
             )
-        nodes = await self.get_nodes()
+        node, options = await self.check_options(self.user_options)
         try:
             login = self._login_name()
-            options = validate_user_options(self.user_options, [n.label for n in nodes])
         except OptionsError as e:
             raise self._fail(f"Cannot start your server: {e}", reason="options") from None
         try:
@@ -353,7 +382,6 @@ class RemoteSingularitySpawner(Spawner):
                 f"the Hub is misconfigured: c.RemoteSingularitySpawner.default_bind_path: {e}",
                 reason="config",
             ) from None
-        node = next(n for n in nodes if n.label == options.host)
 
         self.ip, self.port = node.address, 0
         env = self.get_env()
@@ -492,6 +520,10 @@ class RemoteSingularitySpawner(Spawner):
             "Stopped %s on %s (%s)", self._log_name, self.node, reply.data.get("signal", "?")
         )
         self.pid = 0
+
+
+async def _apply_user_options(spawner: RemoteSingularitySpawner, user_options) -> None:
+    await spawner.check_options(user_options)
 
 
 async def _render_options_form(spawner: RemoteSingularitySpawner) -> str:

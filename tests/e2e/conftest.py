@@ -101,4 +101,5 @@ def user_processes(node: str, user: str) -> list[dict]:
 
 
 def servers_of(node: str, user: str) -> list[dict]:
-    return [p for p in user_processes(node, user) if "jupyterhub-singleuser" in p["args"]]
+    """The single-user server processes (not the runtime or bwrap around them)."""
+    return [p for p in user_processes(node, user) if p["comm"].startswith("jupyterhub-sing")]

@@ -6,6 +6,7 @@ jupyterhub-idle-culler would, and looks at the nodes from inside them.
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import cluster as cluster_mod
 import pytest
+import requests
 from conftest import servers_of, user_processes
 
 NODE1, NODE2 = "rss-node1", "rss-node2"
@@ -211,3 +213,49 @@ def test_an_edited_copy_of_the_scripts_is_uploaded_as_a_new_version(cluster, alt
     assert oct(uploaded.stat().st_mode & 0o777) == "0o700"
     hub.stop_server(user)
     assert wait_until(lambda: nothing_left(NODE1, user))
+
+
+def login(hub, user):
+    """Log in through the login form, as a browser does; returns the session."""
+    session = requests.Session()
+    page = session.get(f"{hub.url}/hub/login", timeout=30)
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+    r = session.post(
+        f"{hub.url}/hub/login",
+        data={"username": user, "password": hub.password, "_xsrf": xsrf},
+        timeout=30,
+    )
+    assert r.ok and "/hub/login" not in r.url, r.url
+    return session
+
+
+def test_the_form_offers_the_nodes_and_starts_what_was_chosen(hub):
+    user = "rss-carol"
+    session = login(hub, user)
+    form = session.get(f"{hub.url}/hub/spawn/{user}", timeout=30).text
+    action = re.search(r'action="(/hub/spawn/[^"]+)"', form).group(1)
+    options = re.findall(r'<option value="([^"]+)"( selected)?', form)
+    assert options == [(NODE1, " selected"), (NODE2, "")]
+    assert 'name="binds"' in form
+
+    r = session.post(
+        f"{hub.url}{html.unescape(action)}",
+        data={"host": NODE2, "binds": "/tmp\n/var/tmp:/mnt:ro"},
+        timeout=90,
+    )
+    assert r.ok, r.text[-2000:]
+    model = hub.wait_ready(user)
+    # The same user_options as the REST API takes.
+    assert model["user_options"] == {"host": NODE2, "binds": ["/tmp", "/var/tmp:/mnt:ro"]}
+    server = servers_of(NODE2, user)
+    assert len(server) == 1
+    mounts = cluster_mod.node_run(NODE2, ["cat", f"/proc/{server[0]['pid']}/mounts"]).stdout
+    assert " /mnt " in mounts, "the bind reached singularity"
+    hub.stop_server(user)
+    assert wait_until(lambda: nothing_left(NODE2, user))
+
+
+def test_missing_bind_source_fails_fast_naming_it(hub):
+    message = spawn_failure(hub, "rss-alice", {"host": NODE1, "binds": ["/no/such/dir:/mnt"]})
+    assert "mount source /no/such/dir doesn't exist" in message
+    assert wait_until(lambda: nothing_left(NODE1, "rss-alice"))
