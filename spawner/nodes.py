@@ -44,7 +44,7 @@ class Node:
 Resolver = Callable[[str], str]
 
 
-def resolve_ipv4_or_6(name: str) -> str:
+def resolve_address(name: str) -> str:
     """Resolve *name* to one address string (blocking: call it in a thread)."""
     infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     return str(infos[0][4][0])
@@ -58,7 +58,7 @@ def _valid_ip(text: str) -> str | None:
 
 
 def parse_nodelist(
-    text: str, resolve: Resolver = resolve_ipv4_or_6
+    text: str, resolve: Resolver = resolve_address
 ) -> tuple[list[Node], list[str]]:
     """Parse *text* into ``(nodes, warnings)``.
 

@@ -159,10 +159,11 @@ class _AcceptUnknownHost(paramiko.MissingHostKeyPolicy):
 
 
 def _fabric_config() -> fabric.Config:
-    # No ssh_config files of the Hub's account: what we connect to and how is
-    # decided by the spawner's traits alone.
+    # No ssh_config or Fabric/Invoke config files of the Hub's account (lazy):
+    # what we connect to and how is decided by the spawner's traits alone.
     return fabric.Config(
         ssh_config=paramiko.SSHConfig(),
+        lazy=True,
         overrides={"run": {"hide": True, "warn": True, "echo_stdin": False, "pty": False}},
     )
 
@@ -243,7 +244,7 @@ def upload_scripts(conn: fabric.Connection, bundle: ScriptBundle, remote_dir: st
     sftp.mkdir(staging, 0o700)
     for name, data in bundle.files.items():
         with sftp.open(f"{staging}/{name}", "wb") as f:
-            f.chmod(0o700 if name.endswith(".sh") and name != "common.sh" else 0o600)
+            f.chmod(0o600)  # run as `bash FILE`: no execute bit needed
             f.write(data)
     try:
         sftp.rename(staging, remote_dir)

@@ -10,6 +10,7 @@ travels on the SSH channel's stdin. ``poll`` and ``stop`` run
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import re
@@ -68,7 +69,9 @@ def _get_executor(size: int) -> ThreadPoolExecutor:
     return _executor
 
 
+@functools.lru_cache(maxsize=8)
 def _load_bundle(directory: str) -> remote.ScriptBundle:
+    """The scripts in *directory*, read once per Hub process (not on every poll)."""
     return remote.ScriptBundle.load(directory)
 
 
@@ -181,7 +184,8 @@ class RemoteSingularitySpawner(Spawner):
         "",
         help="""Directory holding start_singleuser.sh, check_pid.sh, stop.sh and common.sh.
         Default: the copies shipped with this package. Point it at an edited copy to change
-        what runs on the nodes; a changed script is uploaded as a new version.""",
+        what runs on the nodes; the scripts are read when first used (restart the Hub after
+        editing them) and a changed script is uploaded as a new version.""",
     ).tag(config=True)
 
     port_range = Tuple(
@@ -384,7 +388,10 @@ class RemoteSingularitySpawner(Spawner):
             ) from None
 
         self.ip, self.port = node.address, 0
-        env = self.get_env()
+        try:
+            env = remote.env_payload(self.get_env())
+        except ValueError as e:
+            raise self._fail(f"the Hub is misconfigured: {e}", reason="config") from None
         timeout = max(5, int(self.start_timeout - self.ssh_connect_timeout - 5))
         args = [
             "--exe", self.singularity_exe_path,
@@ -402,7 +409,7 @@ class RemoteSingularitySpawner(Spawner):
         target = self._target(node.address, login)
         self.log.info("Starting %s on %s (%s) as %s", self._log_name, node.label, node.address, login)
         future = asyncio.ensure_future(
-            self._in_thread(self._run_script, target, "start_singleuser.sh", args, remote.env_payload(env))
+            self._in_thread(self._run_script, target, "start_singleuser.sh", args, env)
         )
         try:
             reply = await asyncio.shield(future)

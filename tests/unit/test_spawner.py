@@ -160,3 +160,35 @@ def test_jupyterhub_help_all_shows_the_traits():
     ).stdout
     for trait in ("nodelist", "singularity_container_path", "known_hosts_files", "poll_grace_period"):
         assert f"--RemoteSingularitySpawner.{trait}" in out
+
+
+async def test_a_start_the_hub_gave_up_on_is_stopped_when_it_completes(monkeypatch):
+    """start_timeout cancels start(); the server that comes up afterwards must not be left running."""
+    import asyncio
+    import threading
+
+    spawner_module._node_cache.clear()
+    s = make_spawner(nodelist="n1:10.0.0.1", singularity_container_path="/img.sif")
+    monkeypatch.setattr(s, "get_env", lambda: {"JUPYTERHUB_SERVICE_URL": "http://10.0.0.1:0/user/alice/"})
+    release = threading.Event()
+    calls = []
+
+    def run(target, script, args, stdin=""):
+        calls.append((script, list(args)))
+        if script == "start_singleuser.sh":
+            release.wait(10)
+            return spawner_module.remote.Reply(0, {"pid": 99, "start_time": 5, "port": 50000})
+        return spawner_module.remote.Reply(0, {"stopped": True, "signal": "TERM"})
+
+    monkeypatch.setattr(s, "_run_script", run)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(s.start(), timeout=0.2)
+    assert [c[0] for c in calls] == ["start_singleuser.sh"]
+    release.set()
+    for _ in range(100):
+        if len(calls) == 2:
+            break
+        await asyncio.sleep(0.05)
+    script, args = calls[1]
+    assert script == "stop.sh"
+    assert args[args.index("--pid") + 1] == "99" and args[args.index("--start-time") + 1] == "5"
