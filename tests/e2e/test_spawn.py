@@ -151,15 +151,37 @@ def test_missing_image_fails_fast_with_the_log_tail(cluster, alt_hub):
     assert wait_until(lambda: nothing_left(NODE2, "rss-alice"))
 
 
-def test_unknown_host_key_is_refused(cluster, alt_hub, tmp_path):
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
-    hub = alt_hub(f'c.RemoteSingularitySpawner.known_hosts_files = ["{empty}"]')
+def known_hosts_variant(cluster, tmp_path, kind: str) -> str:
+    """A known_hosts without node1 ('unknown') or with node2's keys under node1's names ('changed')."""
+    node1, node2 = cluster.node(NODE1), cluster.node(NODE2)
+    lines = []
+    for line in cluster.known_hosts.read_text().splitlines():
+        names, rest = line.split(" ", 1)
+        if names.split(",")[0] == node2.name:
+            lines.append(line)
+            if kind == "changed":
+                lines.append(f"{node1.name},{node1.ip} {rest}")
+    path = tmp_path / f"known_hosts.{kind}"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind, says",
+    [("unknown", "is not in known_hosts"), ("changed", "has CHANGED")],
+)
+def test_unknown_or_changed_host_key_is_refused(cluster, alt_hub, tmp_path, kind, says):
+    path = known_hosts_variant(cluster, tmp_path, kind)
+    hub = alt_hub(f'c.RemoteSingularitySpawner.known_hosts_files = ["{path}"]')
     message = spawn_failure(hub, "rss-carol", {"host": NODE1})
     node_ip = cluster.node(NODE1).ip
-    assert f"host key of {node_ip}" in message and "not in known_hosts" in message
-    assert "ssh_known_hosts" in message, "the message says what to do"
+    assert f"host key of {node_ip}" in message and says in message
+    assert "known_hosts" in message, "the message says what to fix"
     assert nothing_left(NODE1, "rss-carol")
+    # The same Hub still reaches the node whose key it knows.
+    hub.spawn("rss-carol", options={"host": NODE2})
+    hub.wait_ready("rss-carol")
+    hub.stop_server("rss-carol")
 
 
 def test_a_server_that_dies_is_noticed_by_poll_and_cleaned_up(hub):
