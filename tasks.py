@@ -48,7 +48,7 @@ def lint(c):
     """Check the Python code with ruff and the shell scripts with shellcheck."""
     _require("shellcheck", "apt-get install shellcheck (or run .ci/setup)")
     with c.cd(str(ROOT)):
-        c.run("ruff check spawner tests tasks.py")
+        c.run(f"{sys.executable} -m ruff check spawner tests tasks.py")
         c.run(f"shellcheck -x {SHELL_FILES}")
 
 
