@@ -142,12 +142,23 @@ def spawn_failure(hub, user, options):
     return r.json()["message"]
 
 
-def test_missing_image_fails_fast_with_the_log_tail(cluster, alt_hub):
-    missing = "/opt/rss-cluster/images/nope.sif"
-    hub = alt_hub(f'c.RemoteSingularitySpawner.singularity_container_path = "{missing}"')
+@pytest.mark.parametrize(
+    "config, says",
+    [
+        (
+            'c.RemoteSingularitySpawner.singularity_container_path = "/opt/rss-cluster/images/nope.sif"',
+            "could not open image /opt/rss-cluster/images/nope.sif",
+        ),
+        ('c.Spawner.cmd = ["no-such-server"]', '"no-such-server": executable file not found in $PATH'),
+    ],
+    ids=["image-missing", "command-missing"],
+)
+def test_a_server_that_cannot_start_fails_fast_with_the_log_tail(alt_hub, config, says):
+    hub = alt_hub(config)
     message = spawn_failure(hub, "rss-alice", {"host": NODE2})
     assert "did not start" in message
-    assert f"could not open image {missing}" in message
+    assert "last lines of" in message and says in message
+    assert hub.server_model("rss-alice") is None
     assert wait_until(lambda: nothing_left(NODE2, "rss-alice"))
 
 

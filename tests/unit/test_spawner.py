@@ -192,3 +192,31 @@ async def test_a_start_the_hub_gave_up_on_is_stopped_when_it_completes(monkeypat
     script, args = calls[1]
     assert script == "stop.sh"
     assert args[args.index("--pid") + 1] == "99" and args[args.index("--start-time") + 1] == "5"
+
+
+async def test_no_valid_node_fails_the_spawn_clearly_before_any_connection(monkeypatch):
+    spawner_module._node_cache.clear()
+    monkeypatch.setattr(spawner_module.remote, "connect", lambda *a: pytest.fail("connected"))
+    s = make_spawner(nodelist="bad record,h:300.1.1.1", singularity_container_path="/img.sif")
+    with pytest.raises(Exception, match="No compute node is available.*nodelist"):
+        await s.start()
+
+
+async def test_names_are_resolved_off_the_event_loop(monkeypatch):
+    import socket
+    import threading
+
+    spawner_module._node_cache.clear()
+    seen = []
+
+    def fake_getaddrinfo(name, *args, **kwargs):
+        seen.append((name, threading.current_thread() is threading.main_thread()))
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.9.9.9", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    s = make_spawner(nodelist="compute-7:")
+    nodes = await s.get_nodes()
+    assert [(n.label, n.address) for n in nodes] == [("compute-7", "10.9.9.9")]
+    assert seen == [("compute-7", False)], "resolved in a worker thread, not on the loop"
+    await s.get_nodes()
+    assert len(seen) == 1, "resolved once, then cached"
