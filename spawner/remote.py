@@ -32,7 +32,9 @@ from pathlib import Path
 import fabric
 import paramiko
 
-log = logging.getLogger(__name__)
+# Callers pass their own logger (the spawner passes the Hub's); this one is
+# the fallback for use outside JupyterHub.
+default_log = logging.getLogger(__name__)
 
 SCRIPT_FILES = ("common.sh", "start_singleuser.sh", "check_pid.sh", "stop.sh")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -151,8 +153,11 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
 
 
 class _AcceptUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+
     def missing_host_key(self, client, hostname, key):
-        log.warning(
+        self.log.warning(
             "host key checking is DISABLED: accepting %s key %s of %s unverified",
             key.get_name(), key.fingerprint, hostname,
         )
@@ -168,7 +173,7 @@ def _fabric_config() -> fabric.Config:
     )
 
 
-def connect(target: Target) -> fabric.Connection:
+def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
     """Open an SSH connection as the user, with the host key verified."""
     pkey = load_private_key(target.key_files)
     conn = fabric.Connection(
@@ -195,7 +200,7 @@ def connect(target: Target) -> fabric.Connection:
                 except (OSError, paramiko.SSHException) as e:
                     log.warning("cannot read known_hosts file %s: %s", path, e)
     else:
-        client.set_missing_host_key_policy(_AcceptUnknownHost())
+        client.set_missing_host_key_policy(_AcceptUnknownHost(log))
     where = f"{target.username}@{target.host}:{target.port}"
     try:
         conn.open()
@@ -230,7 +235,9 @@ def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:
             sftp.mkdir(current, 0o700)
 
 
-def upload_scripts(conn: fabric.Connection, bundle: ScriptBundle, remote_dir: str) -> None:
+def upload_scripts(
+    conn: fabric.Connection, bundle: ScriptBundle, remote_dir: str, log: logging.Logger = default_log
+) -> None:
     """Put *bundle* into *remote_dir* unless it is there; atomic against races."""
     sftp = conn.sftp()
     try:
@@ -303,14 +310,17 @@ class NodeSession:
     # Script versions known to be on (host, user, directory): skip the check.
     _uploaded: set[tuple[str, str, str]] = set()
 
-    def __init__(self, target: Target, bundle: ScriptBundle, base_dir: str) -> None:
+    def __init__(
+        self, target: Target, bundle: ScriptBundle, base_dir: str, log: logging.Logger = default_log
+    ) -> None:
         self.target = target
+        self.log = log
         self.bundle = bundle
         self.script_dir = f"{base_dir}/scripts/{bundle.version}"
         self._conn: fabric.Connection | None = None
 
     def __enter__(self) -> NodeSession:
-        self._conn = connect(self.target)
+        self._conn = connect(self.target, self.log)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -334,7 +344,7 @@ class NodeSession:
 
     def _upload(self) -> None:
         try:
-            upload_scripts(self._conn, self.bundle, self.script_dir)
+            upload_scripts(self._conn, self.bundle, self.script_dir, self.log)
         except (OSError, paramiko.SSHException) as e:
             raise RemoteError(
                 f"cannot upload the scripts to {self.target.host}:{self.script_dir}: {e}"
@@ -343,7 +353,7 @@ class NodeSession:
 
     def _run(self, script: str, args: Iterable[str], stdin: str) -> Reply:
         command = shlex.join(["bash", f"{self.script_dir}/{script}", *args])
-        log.debug("on %s as %s: %s", self.target.host, self.target.username, command)
+        self.log.debug("on %s as %s: %s", self.target.host, self.target.username, command)
         try:
             result = self._conn.run(command, in_stream=_Payload(stdin))
         except (OSError, EOFError, paramiko.SSHException) as e:

@@ -331,7 +331,7 @@ class RemoteSingularitySpawner(Spawner):
     def _run_script(self, target, script, args, stdin="") -> remote.Reply:
         """Blocking: connect, make sure the scripts are there, run one of them."""
         bundle = _load_bundle(self._scripts_dir())
-        with remote.NodeSession(target, bundle, self.remote_state_dir) as session:
+        with remote.NodeSession(target, bundle, self.remote_state_dir, self.log) as session:
             reply = session.run(script, args, stdin)
         reply.data.setdefault("scripts_version", bundle.version)
         return reply

@@ -292,3 +292,42 @@ def test_missing_bind_source_fails_fast_naming_it(hub):
     message = spawn_failure(hub, "rss-alice", {"host": NODE1, "binds": ["/no/such/dir:/mnt"]})
     assert "mount source /no/such/dir doesn't exist" in message
     assert wait_until(lambda: nothing_left(NODE1, "rss-alice"))
+
+
+def test_site_configuration_apptainer_default_binds_and_extra_args(cluster, alt_hub):
+    """apptainer works like singularity; default binds and extra exec flags reach the runtime."""
+    hub = alt_hub(
+        f'c.RemoteSingularitySpawner.singularity_exe_path = "{cluster.apptainer}"\n'
+        'c.RemoteSingularitySpawner.default_bind_path = "/var/tmp:/mnt:ro"\n'
+        'c.RemoteSingularitySpawner.singularity_args = ["--pid"]\n'
+    )
+    user, node = "rss-bob", NODE1
+    hub.spawn(user, options={"host": node})
+    model = hub.wait_ready(user)
+    processes = {p["pid"]: p for p in cluster_mod.node_processes(node)}
+    parent = processes[model["state"]["pid"]]
+    assert parent["comm"] == "Apptainer runti", parent
+    assert "--ro-bind /var/tmp /mnt" in " ".join(p["args"] for p in processes.values())
+    server = servers_of(node, user)
+    assert len(server) == 1
+    mounts = cluster_mod.node_run(node, ["cat", f"/proc/{server[0]['pid']}/mounts"]).stdout
+    assert " /mnt " in mounts
+    status = cluster_mod.node_run(node, ["cat", f"/proc/{server[0]['pid']}/status"]).stdout
+    assert re.search(r"^NSpid:\s+\d+\s+\d+", status, re.M), "--pid: the server runs in its own PID namespace"
+    hub.stop_server(user)
+    assert wait_until(lambda: nothing_left(node, user))
+
+
+def test_disabled_host_key_checking_connects_but_says_so_loudly(cluster, alt_hub, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    hub = alt_hub(
+        f'c.RemoteSingularitySpawner.known_hosts_files = ["{empty}"]\n'
+        "c.RemoteSingularitySpawner.disable_host_key_checking = True\n"
+    )
+    hub.spawn("rss-alice", options={"host": NODE2})
+    hub.wait_ready("rss-alice")
+    log = hub.log_path.read_text()
+    assert "host key checking is disabled" in log
+    assert re.search(r"\[W .*host key checking is DISABLED: accepting .* of 10\.213\.47\.12", log)
+    hub.stop_server("rss-alice")

@@ -220,3 +220,27 @@ async def test_names_are_resolved_off_the_event_loop(monkeypatch):
     assert seen == [("compute-7", False)], "resolved in a worker thread, not on the loop"
     await s.get_nodes()
     assert len(seen) == 1, "resolved once, then cached"
+
+
+def test_the_wheel_ships_scripts_template_and_entry_point(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+         "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("remote_singularity_spawner-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for script in ("common.sh", "start_singleuser.sh", "check_pid.sh", "stop.sh"):
+        assert f"remotesingularityspawner/scripts/{script}" in names
+    assert "remotesingularityspawner/templates/options_form.html" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[jupyterhub.spawners]" in text
+    assert "remote-singularity-spawner = remotesingularityspawner:RemoteSingularitySpawner" in text
