@@ -232,7 +232,12 @@ def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:
         try:
             sftp.stat(current)
         except FileNotFoundError:
-            sftp.mkdir(current, 0o700)
+            try:
+                sftp.mkdir(current, 0o700)
+            except OSError:
+                # Another spawn of the same user may have made it meanwhile.
+                if not stat.S_ISDIR(sftp.stat(current).st_mode):
+                    raise
 
 
 def upload_scripts(
