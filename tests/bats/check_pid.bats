@@ -3,14 +3,8 @@
 
 load helpers
 
-setup() {
-  common_setup
-  HUB_ENV_EXTRA=()
-}
-
-teardown() {
-  common_teardown
-}
+setup() { common_setup; }
+teardown() { common_teardown; }
 
 @test "a running server is reported running" {
   start_ok

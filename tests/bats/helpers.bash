@@ -17,6 +17,7 @@ common_setup() {
   SERVER_DIR=".rss/servers/test"
   TOKEN="tok-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
   STARTED_PIDS=()
+  HUB_ENV_EXTRA=()
 }
 
 common_teardown() {

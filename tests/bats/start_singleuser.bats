@@ -3,14 +3,8 @@
 
 load helpers
 
-setup() {
-  common_setup
-  HUB_ENV_EXTRA=()
-}
-
-teardown() {
-  common_teardown
-}
+setup() { common_setup; }
+teardown() { common_teardown; }
 
 @test "starts the server, answers one JSON line, server listens on the reported port" {
   start_ok

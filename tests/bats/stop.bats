@@ -3,14 +3,8 @@
 
 load helpers
 
-setup() {
-  common_setup
-  HUB_ENV_EXTRA=()
-}
-
-teardown() {
-  common_teardown
-}
+setup() { common_setup; }
+teardown() { common_teardown; }
 
 stop_server() {
   bash "${SCRIPTS}/stop.sh" --pid "${PID}" --start-time "${START}" --server-dir "${SERVER_DIR}" "$@"
