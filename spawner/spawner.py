@@ -60,6 +60,8 @@ _templates = jinja2.Environment(
 _node_cache: dict[str, list[Node]] = {}
 _node_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
+# Clean-ups that outlive the coroutine that started them (asyncio keeps only weak references).
+_background_tasks: set[asyncio.Task] = set()
 
 
 def _get_executor(size: int) -> ThreadPoolExecutor:
@@ -349,12 +351,8 @@ class RemoteSingularitySpawner(Spawner):
         finally:
             self._starting = False
 
-    async def check_options(self, user_options) -> tuple[Node, UserOptions]:
-        """Validate *user_options* against the node list; raise SpawnException if bad.
-
-        Runs as JupyterHub's ``apply_user_options`` hook (5.3+), so a bad value
-        is refused before the spawn begins, and again in ``start()``.
-        """
+    async def usable_nodes(self) -> list[Node]:
+        """The valid nodes; SpawnException if there is none."""
         nodes = await self.get_nodes()
         if not nodes:
             raise self._fail(
@@ -362,6 +360,15 @@ class RemoteSingularitySpawner(Spawner):
                 "entry. Please tell your administrator.",
                 reason="config",
             )
+        return nodes
+
+    async def check_options(self, user_options) -> tuple[Node, UserOptions]:
+        """Validate *user_options* against the node list; raise SpawnException if bad.
+
+        Runs as JupyterHub's ``apply_user_options`` hook (5.3+), so a bad value
+        is refused before the spawn begins, and again in ``start()``.
+        """
+        nodes = await self.usable_nodes()
         try:
             options = validate_user_options(user_options, [n.label for n in nodes])
         except OptionsError as e:
@@ -415,7 +422,9 @@ class RemoteSingularitySpawner(Spawner):
             reply = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The Hub gave up (start_timeout): do not leave a server behind.
-            asyncio.ensure_future(self._stop_late_start(future, target))
+            task = asyncio.ensure_future(self._stop_late_start(future, target))
+            _background_tasks.add(task)
+            task.add_done_callback(_background_tasks.discard)
             raise
         except remote.RemoteError as e:
             raise self._fail(f"Cannot start your server on {node.label}: {e}", reason="ssh") from None
@@ -426,15 +435,14 @@ class RemoteSingularitySpawner(Spawner):
                 reason="start",
             )
         try:
-            self.pid = int(reply.data["pid"])
-            self.start_time = int(reply.data["start_time"])
-            self.port = int(reply.data["port"])
-            self.log_path = str(reply.data.get("log", ""))
+            pid, start_time, port = (int(reply.data[k]) for k in ("pid", "start_time", "port"))
         except (KeyError, TypeError, ValueError):
             raise self._fail(
                 f"unexpected reply from start_singleuser.sh on {node.label}: {reply.data!r}",
                 reason="protocol",
             ) from None
+        self.pid, self.start_time, self.port = pid, start_time, port
+        self.log_path = str(reply.data.get("log", ""))
         self.node, self.address, self.login = node.label, node.address, login
         self.scripts_version = reply.data["scripts_version"]
         self._unreachable_since = None
@@ -447,14 +455,14 @@ class RemoteSingularitySpawner(Spawner):
     async def _stop_late_start(self, future, target):
         try:
             reply = await future
-        except Exception:
-            return
-        pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
-        if reply.exit_code == remote.ExitCode.OK and pid:
-            self.log.warning("Stopping %s: it started after the Hub gave up on it", self._log_name)
-            await self._in_thread(
-                self._run_script, target, "stop.sh", self._stop_args(pid, start_time)
-            )
+            pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
+            if reply.exit_code == remote.ExitCode.OK and pid:
+                self.log.warning("Stopping %s: it started after the Hub gave up on it", self._log_name)
+                await self._in_thread(
+                    self._run_script, target, "stop.sh", self._stop_args(pid, start_time)
+                )
+        except remote.RemoteError as e:
+            self.log.error("Could not clean up the late start of %s: %s", self._log_name, e)
 
     def _stop_args(self, pid, start_time) -> list[str]:
         return [
@@ -534,13 +542,7 @@ async def _apply_user_options(spawner: RemoteSingularitySpawner, user_options) -
 
 
 async def _render_options_form(spawner: RemoteSingularitySpawner) -> str:
-    nodes = await spawner.get_nodes()
-    if not nodes:
-        raise SpawnException(
-            "No compute node is available: the Hub's nodelist has no valid entry. "
-            "Please tell your administrator.",
-            reason="config",
-        )
+    nodes = await spawner.usable_nodes()
     return _templates.get_template("options_form.html").render(
         nodes=nodes, default_binds=spawner.default_bind_path
     )
