@@ -85,9 +85,10 @@ def cluster(c, action="status"):
         "image": "a real Singularity/Apptainer image to run (with --singularity)",
         "singularity": "a real singularity or apptainer executable on the nodes",
         "port": "the Hub's public port on 127.0.0.1 (default 8000)",
+        "keep_cluster": "leave the test cluster up afterwards (for the tests, or another demo)",
     }
 )
-def demo(c, image="", singularity="", port=8000):
+def demo(c, image="", singularity="", port=8000, keep_cluster=False):
     """Run a Hub on http://127.0.0.1:8000 with this spawner on the local two-node cluster.
 
     Uses a real singularity/apptainer when one is on PATH and --image is given;
@@ -142,6 +143,9 @@ def demo(c, image="", singularity="", port=8000):
         print("\nStopping...", flush=True)
     finally:
         hub.stop()
-        cl.down(keep_venv=True)
         shutil.rmtree(workdir, ignore_errors=True)
-        print("Demo stopped; the cluster is down.")
+        if keep_cluster:
+            print("Demo stopped; the cluster is still up (invoke cluster down removes it).")
+        else:
+            cl.down(keep_venv=True)
+            print("Demo stopped; the cluster is down.")
