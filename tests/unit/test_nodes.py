@@ -74,10 +74,13 @@ def test_duplicate_label_keeps_the_first():
     assert "listed twice" in warnings[0]
 
 
-def test_ipv6_address_record():
-    nodes, _ = parse_nodelist("v6:fd00::5", resolve=fake_resolve)
-    # the format has one ':' between name and address; IPv6 needs a name lookup instead
+def test_a_bare_ipv6_address_is_refused_with_a_warning():
+    # The format has one ':' between name and address: an IPv6 node needs a name that resolves.
+    nodes, warnings = parse_nodelist("v6:fd00::5", resolve=fake_resolve)
     assert nodes == []
+    assert warnings == [
+        "nodelist record 'v6:fd00::5' ignored: expected 'name:address', 'name:' or ':address'"
+    ]
 
 
 def test_real_resolver_resolves_localhost():
