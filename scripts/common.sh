@@ -119,3 +119,62 @@ descendants() {
     done
   done
 }
+
+#######################################
+# Print the PIDs still alive out of the group PGID and the processes listed
+# ("PID START" lines) in STOP_DESCENDANTS.
+#######################################
+survivors() {
+  local pid start
+  group_members "$1"
+  while read -r pid start; do
+    [[ -n "${pid}" ]] && is_alive "${pid}" "${start}" && printf '%s\n' "${pid}"
+  done <<<"${STOP_DESCENDANTS}"
+  return 0
+}
+
+#######################################
+# Wait until nothing of group PGID survives or SECONDS pass; 1 on timeout.
+#######################################
+wait_gone() {
+  local deadline=$((SECONDS + $2))
+  while [[ -n "$(survivors "$1")" ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+#######################################
+# The stop ladder for a server whose PID leads its process group: SIGTERM
+# to the group, wait TERM_TIMEOUT, then SIGKILL to the group and to every
+# process that descended from the server (kernels in their own session
+# too), wait KILL_TIMEOUT. A PID now used by another process (different
+# start time) is left alone. Sets STOP_SIGNAL (none, TERM or KILL) and,
+# if something survived, STOP_SURVIVORS and returns 1.
+# Arguments: pid, start time, term timeout, kill timeout
+#######################################
+stop_server() {
+  local pid="$1" start="$2" other other_start
+  STOP_SIGNAL=none
+  STOP_SURVIVORS=""
+  STOP_DESCENDANTS=""
+  if is_alive "${pid}" "${start}"; then
+    STOP_DESCENDANTS=$(descendants "${pid}")
+  elif proc_stat "${pid}" && [[ "${PROC_STATE}" != [ZX] ]]; then
+    # The PID was reused: the server is gone, and so is its group (the
+    # kernel does not reuse a PID that is still some group's ID).
+    return 0
+  fi
+  [[ -n "$(survivors "${pid}")" ]] || return 0
+  STOP_SIGNAL=TERM
+  kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM -- "${pid}" 2>/dev/null || true
+  wait_gone "${pid}" "$3" && return 0
+  STOP_SIGNAL=KILL
+  kill -KILL -- "-${pid}" 2>/dev/null || true
+  while read -r other other_start; do
+    [[ -n "${other}" ]] && is_alive "${other}" "${other_start}" && kill -KILL -- "${other}" 2>/dev/null
+  done <<<"${STOP_DESCENDANTS}"
+  wait_gone "${pid}" "$4" && return 0
+  STOP_SURVIVORS=$(survivors "${pid}" | tr '\n' ' ')
+  return 1
+}

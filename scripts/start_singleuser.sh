@@ -93,20 +93,6 @@ pick_port() {
   return 1
 }
 
-#######################################
-# Kill what is left of a failed start: its process group, then wait.
-#######################################
-kill_group() {
-  local pgid="$1" i
-  kill -TERM -- "-${pgid}" 2>/dev/null || return 0
-  for ((i = 0; i < 20; i++)); do
-    [[ -z "$(group_members "${pgid}")" ]] && return 0
-    sleep 0.1
-  done
-  kill -KILL -- "-${pgid}" 2>/dev/null || true
-  wait "${pgid}" 2>/dev/null || true
-}
-
 log_tail() {
   printf -- '--- last lines of %s ---\n' "$1" >&2
   tail -n "${LOG_TAIL_LINES}" -- "$1" >&2 || true
@@ -169,7 +155,8 @@ main() {
     deadline=$((SECONDS + timeout))
     while is_alive "${pid}" "${start}" && ! is_listening "${port}"; do
       if ((SECONDS >= deadline)); then
-        kill_group "${pid}"
+        # Leave nothing of the failed start behind (same ladder as stop.sh).
+        stop_server "${pid}" "${start}" 2 2 || true
         log_tail "${log}"
         die "${RSS_EXIT_START_TIMEOUT}" "the server did not listen on port ${port} within ${timeout}s"
       fi

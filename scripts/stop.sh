@@ -23,30 +23,6 @@ Usage: stop.sh --pid PID --start-time TICKS [--server-dir DIR]
 USAGE
 }
 
-#######################################
-# Print the processes (PID START lines) that are still alive out of the
-# group PGID and the recorded descendants.
-#######################################
-survivors() {
-  local pgid="$1" pid start
-  group_members "${pgid}"
-  while read -r pid start; do
-    [[ -n "${pid}" ]] && is_alive "${pid}" "${start}" && printf '%s\n' "${pid}"
-  done <<<"${DESCENDANTS}"
-  return 0
-}
-
-#######################################
-# Wait until nothing survives or SECONDS pass. Returns 1 on timeout.
-#######################################
-wait_gone() {
-  local pgid="$1" deadline=$((SECONDS + $2))
-  while [[ -n "$(survivors "${pgid}")" ]]; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
 main() {
   local pid="" start="" server_dir="" term_timeout=10 kill_timeout=5
   while (($#)); do
@@ -66,33 +42,12 @@ main() {
   require_uint --kill-timeout "${kill_timeout}"
   cd "${HOME}"
 
-  local signal=none
-  DESCENDANTS=""
-  if is_alive "${pid}" "${start}"; then
-    DESCENDANTS=$(descendants "${pid}")
-  elif proc_stat "${pid}" && [[ "${PROC_STATE}" != [ZX] ]]; then
-    # The PID was reused: the server is gone, and so is its group (the
-    # kernel does not reuse a PID that is still some group's ID).
-    pid=""
-  fi
-  if [[ -n "${pid}" && -n "$(survivors "${pid}")" ]]; then
-    signal=TERM
-    kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM -- "${pid}" 2>/dev/null || true
-    if ! wait_gone "${pid}" "${term_timeout}"; then
-      signal=KILL
-      kill -KILL -- "-${pid}" 2>/dev/null || true
-      local other other_start
-      while read -r other other_start; do
-        [[ -n "${other}" ]] && is_alive "${other}" "${other_start}" && kill -KILL -- "${other}" 2>/dev/null
-      done <<<"${DESCENDANTS}"
-      wait_gone "${pid}" "${kill_timeout}" \
-        || die "${RSS_EXIT_STOP_FAILED}" "still running after SIGKILL: $(survivors "${pid}" | tr '\n' ' ')"
-    fi
-  fi
+  stop_server "${pid}" "${start}" "${term_timeout}" "${kill_timeout}" \
+    || die "${RSS_EXIT_STOP_FAILED}" "still running after SIGKILL: ${STOP_SURVIVORS}"
   if [[ -n "${server_dir}" ]]; then
     rm -f -- "${server_dir}/server.pid"
   fi
-  printf '{"stopped": true, "signal": "%s"}\n' "${signal}"
+  printf '{"stopped": true, "signal": "%s"}\n' "${STOP_SIGNAL}"
 }
 
 main "$@"

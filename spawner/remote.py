@@ -71,15 +71,6 @@ class IdentityError(RemoteError):
     """The user's private key is missing, unreadable or unusable, or login failed."""
 
 
-class ScriptError(RemoteError):
-    """A node script failed; carries its exit code and diagnostics."""
-
-    def __init__(self, message: str, exit_code: int, stderr: str = "") -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.stderr = stderr
-
-
 @dataclass(frozen=True)
 class ScriptBundle:
     """The scripts of one version, as uploaded to the nodes."""

@@ -491,7 +491,7 @@ class RemoteSingularitySpawner(Spawner):
             self.log.info("%s on %s is no longer running", self._log_name, self.node)
             return 0
         return self._unreachable(
-            remote.ScriptError(f"check_pid.sh failed: {reply.stderr}", reply.exit_code, reply.stderr)
+            remote.RemoteError(f"check_pid.sh failed (exit code {reply.exit_code}): {reply.stderr}")
         )
 
     def _unreachable(self, error: Exception):
