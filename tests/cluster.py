@@ -103,6 +103,7 @@ class Config:
     opt_dir: Path = Path("/opt/rss-cluster")
     venv: Path = Path("/opt/rss-singleuser")
     lock_file: Path = Path("/run/lock/rss-cluster.lock")
+    session_lock_file: Path = Path("/run/lock/rss-cluster-session.lock")
     tests_bin: Path = _HERE / "bin"
     home_root: Path = Path("/home")
     bridge: str = "rssbr0"
@@ -873,6 +874,24 @@ def _node_view(node: NodeSpec) -> Node:
     console = CONFIG.node_dir(node) / "console.log"
     return Node(node.name, node.ip, node.netns, _running_init(node), conf, log, pid_file, console,
                 _host_key_paths(node))  # fmt: skip
+
+
+@contextlib.contextmanager
+def exclusive(wait_message: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the cluster for a whole test session or benchmark.
+
+    Two runs on one machine share the nodes, the users' homes and the Hub
+    ports; the second waits here until the first is done.
+    """
+    CONFIG.session_lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(CONFIG.session_lock_file, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait_message is not None:
+                wait_message()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def describe() -> Cluster:

@@ -28,7 +28,8 @@ def pytest_collection_modifyitems(items):
 def cluster():
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests build network namespaces and users: run them as root")
-    return cluster_mod.up()
+    with cluster_mod.exclusive(lambda: print("waiting for another run to release the test cluster")):
+        yield cluster_mod.up()
 
 
 def nodelist(c) -> str:
