@@ -15,6 +15,7 @@ The protocol with the scripts (see scripts/common.sh):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -24,7 +25,9 @@ import re
 import secrets
 import shlex
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -297,36 +300,187 @@ def parse_reply(exit_code: int, stdout: str, stderr: str) -> Reply:
     return Reply(exit_code=exit_code, data=data, stderr=stderr.strip())
 
 
-class NodeSession:
-    """One SSH connection to a node, running the scripts of one version.
+class _Pooled:
+    """One open connection in a :class:`ConnectionPool`, with its guards."""
 
-    Use as a context manager. Not safe to share between threads.
+    def __init__(self, key: Target, conn: fabric.Connection, max_sessions: int) -> None:
+        self.key = key
+        self.conn = conn
+        # sshd refuses more than MaxSessions (default 10) channels per connection.
+        self.sessions = threading.BoundedSemaphore(max_sessions)
+        # SFTP (the script upload) is not safe to share between threads.
+        self.sftp_lock = threading.Lock()
+        self.borrowed = 0
+        self.last_used = time.monotonic()
+        self.fresh = True  # not yet used for a command
+        self.discarded = False
+
+    def active(self) -> bool:
+        transport = self.conn.transport
+        return transport is not None and transport.is_active()
+
+
+class ConnectionPool:
+    """SSH connections kept open per :class:`Target` (node and user) and shared.
+
+    Any number of threads may borrow the same connection: each command gets
+    its own channel (at most *max_sessions* at once per connection). A
+    connection is closed when it has been unused for *idle_timeout* seconds
+    (checked whenever the pool is used) or found dead; keepalives every
+    *keepalive* seconds notice a vanished peer.
+    """
+
+    def __init__(
+        self,
+        idle_timeout: float = 120.0,
+        keepalive: int = 30,
+        max_sessions: int = 8,
+        opener: Callable[[Target, logging.Logger], fabric.Connection] | None = None,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.keepalive = keepalive
+        self.max_sessions = max_sessions
+        self._open = opener if opener is not None else connect
+        self._lock = threading.Lock()
+        self._entries: dict[Target, _Pooled] = {}
+        self._connecting: dict[Target, threading.Lock] = {}
+        self.opened = 0  # connections opened so far (for logs and benchmarks)
+
+    def acquire(self, target: Target, log: logging.Logger = default_log) -> _Pooled:
+        """A live connection for *target*, opened if need be; give it back with release()."""
+        self.close_idle()
+        with self._lock:
+            connecting = self._connecting.setdefault(target, threading.Lock())
+        # One thread connects; the others for the same target wait and share.
+        with connecting:
+            with self._lock:
+                entry = self._entries.get(target)
+                if entry is not None and entry.active():
+                    entry.borrowed += 1
+                    return entry
+            if entry is not None:
+                self.discard(entry)
+            conn = self._open(target, log)
+            transport = conn.transport
+            if transport is not None and self.keepalive:
+                transport.set_keepalive(self.keepalive)
+            entry = _Pooled(target, conn, self.max_sessions)
+            with self._lock:
+                self._entries[target] = entry
+                self.opened += 1
+                entry.borrowed += 1
+            log.debug("opened SSH connection %s@%s:%d", target.username, target.host, target.port)
+            return entry
+
+    def release(self, entry: _Pooled) -> None:
+        with self._lock:
+            entry.borrowed -= 1
+            entry.last_used = time.monotonic()
+            close = entry.discarded and entry.borrowed == 0
+        if close:
+            _close_quietly(entry.conn)
+
+    def discard(self, entry: _Pooled) -> None:
+        """Forget a connection that failed; it is closed when the last borrower releases it."""
+        with self._lock:
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+            entry.discarded = True
+
+    def close_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [
+                e for e in self._entries.values()
+                if e.borrowed == 0 and (now - e.last_used > self.idle_timeout or not e.active())
+            ]
+            for entry in idle:
+                del self._entries[entry.key]
+        for entry in idle:
+            _close_quietly(entry.conn)
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for entry in entries:
+            _close_quietly(entry.conn)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _close_quietly(conn: fabric.Connection) -> None:
+    # Closing a connection that already broke may fail in any way; it is gone either way.
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+# Scripts safe to run a second time when the connection broke under them.
+IDEMPOTENT_SCRIPTS = frozenset({"check_pid.sh", "stop.sh"})
+
+
+class NodeSession:
+    """Run the scripts of one version on a node, over a pooled connection.
+
+    Use as a context manager; without a pool, a connection of its own is
+    opened and closed.
     """
 
     # Script versions known to be on (host, user, directory): skip the check.
     _uploaded: set[tuple[str, str, str]] = set()
 
     def __init__(
-        self, target: Target, bundle: ScriptBundle, base_dir: str, log: logging.Logger = default_log
+        self,
+        target: Target,
+        bundle: ScriptBundle,
+        base_dir: str,
+        log: logging.Logger = default_log,
+        pool: ConnectionPool | None = None,
     ) -> None:
         self.target = target
         self.log = log
         self.bundle = bundle
         self.script_dir = f"{base_dir}/scripts/{bundle.version}"
-        self._conn: fabric.Connection | None = None
+        self.pool = pool if pool is not None else ConnectionPool(idle_timeout=0, keepalive=0)
+        self._own_pool = pool is None
+        self._entry: _Pooled | None = None
 
     def __enter__(self) -> NodeSession:
-        self._conn = connect(self.target, self.log)
+        self._entry = self.pool.acquire(self.target, self.log)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._entry is not None:
+            self.pool.release(self._entry)
+            self._entry = None
+        if self._own_pool:
+            self.pool.close_all()
 
     def run(self, script: str, args: Iterable[str], stdin: str = "") -> Reply:
         """Run *script* with *args*; upload the scripts first if missing."""
-        assert self._conn is not None, "use NodeSession as a context manager"
+        assert self._entry is not None, "use NodeSession as a context manager"
+        args = list(args)
+        reused = not self._entry.fresh
+        try:
+            return self._run_checked(script, args, stdin)
+        except ConnectError:
+            self.pool.discard(self._entry)
+            if not (reused and script in IDEMPOTENT_SCRIPTS):
+                raise
+        # A kept connection broke (sshd restarted, a firewall forgot it):
+        # once more on a new one.
+        self.log.debug("connection to %s broke; reconnecting", self.target.host)
+        self.pool.release(self._entry)
+        self._entry = None
+        self._entry = self.pool.acquire(self.target, self.log)
+        try:
+            return self._run_checked(script, args, stdin)
+        except ConnectError:
+            self.pool.discard(self._entry)
+            raise
+
+    def _run_checked(self, script: str, args: list[str], stdin: str) -> Reply:
         key = (self.target.host, self.target.username, self.script_dir)
         if key not in self._uploaded:
             self._upload()
@@ -339,19 +493,27 @@ class NodeSession:
         return reply
 
     def _upload(self) -> None:
+        entry = self._entry
         try:
-            upload_scripts(self._conn, self.bundle, self.script_dir, self.log)
-        except (OSError, paramiko.SSHException) as e:
+            with entry.sftp_lock:
+                upload_scripts(entry.conn, self.bundle, self.script_dir, self.log)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            if not entry.active():
+                raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
             raise RemoteError(
                 f"cannot upload the scripts to {self.target.host}:{self.script_dir}: {e}"
             ) from None
         self._uploaded.add((self.target.host, self.target.username, self.script_dir))
 
     def _run(self, script: str, args: Iterable[str], stdin: str) -> Reply:
+        entry = self._entry
         command = shlex.join(["bash", f"{self.script_dir}/{script}", *args])
         self.log.debug("on %s as %s: %s", self.target.host, self.target.username, command)
         try:
-            result = self._conn.run(command, in_stream=_Payload(stdin))
+            with entry.sessions:
+                result = entry.conn.run(command, in_stream=_Payload(stdin))
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
+        finally:
+            entry.fresh = False
         return parse_reply(result.exited, result.stdout, result.stderr)

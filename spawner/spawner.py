@@ -60,6 +60,7 @@ _templates = jinja2.Environment(
 _node_cache: dict[str, list[Node]] = {}
 _node_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
+_pool: remote.ConnectionPool | None = None
 # Clean-ups that outlive the coroutine that started them (asyncio keeps only weak references).
 _background_tasks: set[asyncio.Task] = set()
 
@@ -69,6 +70,14 @@ def _get_executor(size: int) -> ThreadPoolExecutor:
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rss-ssh")
     return _executor
+
+
+def _get_pool(idle_timeout: float, keepalive: int) -> remote.ConnectionPool:
+    """The SSH connections of this Hub process, shared by all spawners."""
+    global _pool
+    if _pool is None:
+        _pool = remote.ConnectionPool(idle_timeout=idle_timeout, keepalive=keepalive)
+    return _pool
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,6 +176,19 @@ class RemoteSingularitySpawner(Spawner):
     ssh_connect_timeout = Float(
         10.0,
         help="Seconds to wait for a node's sshd to answer before the operation fails.",
+    ).tag(config=True)
+
+    ssh_idle_timeout = Float(
+        120.0,
+        help="""Seconds an SSH connection to a node, kept open per user and node for the next
+        poll or stop, may stay unused before it is closed. Polls every poll_interval keep a
+        running server's connection open; 0 closes each connection after use.""",
+    ).tag(config=True)
+
+    ssh_keepalive_interval = Integer(
+        30,
+        help="""Seconds between SSH keepalive messages on kept connections (0: none), so a
+        node that vanished is noticed and firewalls do not drop an idle connection.""",
     ).tag(config=True)
 
     ssh_threads = Integer(
@@ -333,7 +355,8 @@ class RemoteSingularitySpawner(Spawner):
     def _run_script(self, target, script, args, stdin="") -> remote.Reply:
         """Blocking: connect, make sure the scripts are there, run one of them."""
         bundle = _load_bundle(self._scripts_dir())
-        with remote.NodeSession(target, bundle, self.remote_state_dir, self.log) as session:
+        pool = _get_pool(self.ssh_idle_timeout, self.ssh_keepalive_interval)
+        with remote.NodeSession(target, bundle, self.remote_state_dir, self.log, pool) as session:
             reply = session.run(script, args, stdin)
         reply.data.setdefault("scripts_version", bundle.version)
         return reply

@@ -3,6 +3,9 @@
 import re
 import shutil
 import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
@@ -96,3 +99,186 @@ def test_first_existing_key_of_any_type_is_loaded(tmp_path, key_type):
     subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-f", str(path)], check=True)
     key = remote.load_private_key([str(tmp_path / "missing"), str(path)])
     assert key.fingerprint.startswith("SHA256:")
+
+
+# --- the connection pool ------------------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self):
+        self.alive = True
+        self.keepalive = None
+
+    def is_active(self):
+        return self.alive
+
+    def set_keepalive(self, seconds):
+        self.keepalive = seconds
+
+
+class FakeResult:
+    def __init__(self, stdout='{"ok": true}\n'):
+        self.exited, self.stdout, self.stderr = 0, stdout, ""
+
+
+class FakeConnection:
+    """Stands in for fabric.Connection: records commands, can break."""
+
+    def __init__(self, target, run=None):
+        self.host = target.host
+        self.transport = FakeTransport()
+        self.closed = False
+        self.commands = []
+        self._run = run
+
+    def run(self, command, in_stream=None):
+        if not self.transport.alive:
+            raise EOFError("connection closed by peer")
+        self.commands.append(command)
+        return self._run(self) if self._run else FakeResult()
+
+    def close(self):
+        self.closed = True
+        self.transport.alive = False
+
+
+def make_target(host="10.0.0.1", user="alice"):
+    return remote.Target(host=host, username=user, key_files=("k",), known_hosts_files=())
+
+
+class Opener:
+    def __init__(self, run=None):
+        self.connections = []
+        self.run = run
+        self.lock = threading.Lock()
+
+    def __call__(self, target, log):
+        time.sleep(0.01)  # give other threads the chance to race
+        conn = FakeConnection(target, self.run)
+        with self.lock:
+            self.connections.append(conn)
+        return conn
+
+
+def session(pool, target, bundle=None):
+    bundle = bundle or remote.ScriptBundle(files={}, version="v1")
+    s = remote.NodeSession(target, bundle, ".rss", pool=pool)
+    remote.NodeSession._uploaded.add((target.host, target.username, s.script_dir))
+    return s
+
+
+def test_operations_of_one_user_on_one_node_share_one_connection():
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener)
+    for _ in range(5):
+        with session(pool, make_target()) as s:
+            assert s.run("check_pid.sh", ["--pid", "1"]).data == {"ok": True}
+    with session(pool, make_target(user="bob")) as s:
+        s.run("check_pid.sh", [])
+    assert [len(c.commands) for c in opener.connections] == [5, 1]
+    assert pool.opened == 2
+    assert opener.connections[0].transport.keepalive == 30
+
+
+def test_concurrent_first_operations_open_a_single_connection():
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener)
+
+    def poll():
+        with session(pool, make_target()) as s:
+            return s.run("check_pid.sh", []).exit_code
+
+    with ThreadPoolExecutor(16) as ex:
+        assert list(ex.map(lambda _: poll(), range(32))) == [0] * 32
+    assert len(opener.connections) == 1
+    assert len(opener.connections[0].commands) == 32
+
+
+def test_no_more_commands_at_once_on_a_connection_than_sshd_allows():
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(conn):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return FakeResult()
+
+    pool = remote.ConnectionPool(opener=Opener(slow), max_sessions=4)
+
+    def poll(_):
+        with session(pool, make_target()) as s:
+            s.run("check_pid.sh", [])
+
+    with ThreadPoolExecutor(12) as ex:
+        list(ex.map(poll, range(24)))
+    assert peak[0] == 4
+
+
+def test_a_dead_connection_is_replaced():
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener)
+    with session(pool, make_target()) as s:
+        s.run("check_pid.sh", [])
+    opener.connections[0].transport.alive = False  # e.g. keepalive noticed the node is gone
+    with session(pool, make_target()) as s:
+        s.run("check_pid.sh", [])
+    assert len(opener.connections) == 2
+    assert opener.connections[0].closed
+
+
+def test_idle_connections_are_closed():
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener, idle_timeout=0.05)
+    with session(pool, make_target()) as s:
+        s.run("check_pid.sh", [])
+    time.sleep(0.1)
+    with session(pool, make_target(user="bob")) as s:  # any use of the pool sweeps
+        s.run("check_pid.sh", [])
+    assert opener.connections[0].closed
+    assert not opener.connections[1].closed
+    assert len(pool) == 1
+
+
+def test_a_connection_in_use_is_not_closed_by_the_sweep():
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener, idle_timeout=0)
+    with session(pool, make_target()) as s:
+        pool.close_idle()
+        s.run("check_pid.sh", [])
+    assert not opener.connections[0].closed
+
+
+@pytest.mark.parametrize(
+    "script, retried", [("check_pid.sh", True), ("stop.sh", True), ("start_singleuser.sh", False)]
+)
+def test_a_kept_connection_that_broke_is_retried_only_for_idempotent_scripts(script, retried):
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener)
+    with session(pool, make_target()) as s:
+        s.run("check_pid.sh", [])
+    # sshd restarted: the kept connection is dead, but nobody has noticed yet.
+    opener.connections[0].run = lambda command, in_stream=None: (_ for _ in ()).throw(EOFError("reset"))
+    with session(pool, make_target()) as s:
+        if retried:
+            assert s.run(script, []).exit_code == 0
+        else:
+            with pytest.raises(remote.ConnectError, match="lost the connection to 10.0.0.1"):
+                s.run(script, [])
+    assert len(opener.connections) == (2 if retried else 1)
+    assert opener.connections[0].closed
+    # Either way the next operation gets a working connection.
+    with session(pool, make_target()) as s:
+        assert s.run("check_pid.sh", []).exit_code == 0
+
+
+def test_a_fresh_connection_that_fails_is_not_retried():
+    opener = Opener(run=lambda conn: (_ for _ in ()).throw(OSError("broken pipe")))
+    pool = remote.ConnectionPool(opener=opener)
+    with session(pool, make_target()) as s:
+        with pytest.raises(remote.ConnectError):
+            s.run("check_pid.sh", [])
+    assert len(opener.connections) == 1
+    assert len(pool) == 0
