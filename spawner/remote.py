@@ -510,6 +510,9 @@ class NodeSession:
         command = shlex.join(["bash", f"{self.script_dir}/{script}", *args])
         self.log.debug("on %s as %s: %s", self.target.host, self.target.username, command)
         try:
+            if not entry.active():
+                # Fabric would silently log in again, racing other threads: let the pool do it.
+                raise EOFError("the connection was closed")
             with entry.sessions:
                 result = entry.conn.run(command, in_stream=_Payload(stdin))
         except (OSError, EOFError, paramiko.SSHException) as e:
