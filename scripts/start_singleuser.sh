@@ -60,20 +60,29 @@ import_environment() {
 
 #######################################
 # Print the TCP ports on which something listens in this network namespace.
+# Each /proc file is read in one go: bash reads a /proc file byte by byte,
+# and the kernel regenerates it on every read.
 #######################################
 listening_ports() {
-  local file local_address state _
+  local file table local_address state _
   for file in /proc/net/tcp /proc/net/tcp6; do
     [[ -r "${file}" ]] || continue
+    table="$(<"${file}")"
     while read -r _ local_address _ state _; do
       [[ "${state}" == "0A" ]] && printf '%d\n' "0x${local_address##*:}"
-    done <"${file}"
+    done <<<"${table}"
   done
   return 0
 }
 
+#######################################
+# Succeed if something listens on TCP port $1. (Not a pipe into `grep -q`:
+# under pipefail the writer's SIGPIPE would turn a match into a failure.)
+#######################################
 is_listening() {
-  listening_ports | grep -qx -- "$1"
+  local ports
+  ports="$(listening_ports)"
+  [[ $'\n'"${ports}"$'\n' == *$'\n'"$1"$'\n'* ]]
 }
 
 #######################################

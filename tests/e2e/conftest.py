@@ -8,11 +8,14 @@ Hub's log and the nodes' sshd logs are printed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import cluster as cluster_mod
 import pytest
+import requests
 from harness import Hub
 
 USERS = {"rss-alice": "ed25519", "rss-bob": "ecdsa", "rss-carol": "rsa"}
@@ -104,3 +107,42 @@ def user_processes(node: str, user: str) -> list[dict]:
 def servers_of(node: str, user: str) -> list[dict]:
     """The single-user server processes (not the runtime or bwrap around them)."""
     return [p for p in user_processes(node, user) if p["comm"].startswith("jupyterhub-sing")]
+
+
+def wait_until(predicate, timeout=30, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def nothing_left(node, user):
+    """No process of *user* on *node* but the sshd session that is closing."""
+    return not [p for p in user_processes(node, user) if not p["comm"].startswith("sshd")]
+
+
+def spawn_failure(hub, user, options):
+    r = hub.spawn(user, options=options)
+    if r.status_code == 202:
+        final = hub.progress_events(user)[-1]
+        assert final.get("failed"), final
+        return final["message"]
+    assert r.status_code >= 400, r.text
+    return r.json()["message"]
+
+
+def login(hub, user):
+    """Log in through the login form, as a browser does; returns the session."""
+    session = requests.Session()
+    page = session.get(f"{hub.url}/hub/login", timeout=30)
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+    r = session.post(
+        f"{hub.url}/hub/login",
+        data={"username": user, "password": hub.password, "_xsrf": xsrf},
+        timeout=30,
+    )
+    assert r.ok and "/hub/login" not in r.url, r.url
+    return session

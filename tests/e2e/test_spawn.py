@@ -10,30 +10,13 @@ import html
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import cluster as cluster_mod
 import pytest
-import requests
-from conftest import servers_of, user_processes
+from conftest import login, nothing_left, servers_of, spawn_failure, user_processes, wait_until
 
 NODE1, NODE2 = "rss-node1", "rss-node2"
-
-
-def wait_until(predicate, timeout=30, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def nothing_left(node, user):
-    """No process of *user* on *node* but the sshd session that is closing."""
-    return not [p for p in user_processes(node, user) if not p["comm"].startswith("sshd")]
 
 
 def node_token(node: str, pid: int) -> str:
@@ -130,16 +113,6 @@ def test_invalid_host_or_bind_rejected_and_nothing_started(hub, options, named):
         assert len(user_processes(n, user)) == before[n]
         assert cluster_mod.node_run(n, ["test", "-e", "/tmp/rss-canary"], check=False).returncode != 0
     assert hub.server_model(user) is None
-
-
-def spawn_failure(hub, user, options):
-    r = hub.spawn(user, options=options)
-    if r.status_code == 202:
-        final = hub.progress_events(user)[-1]
-        assert final.get("failed"), final
-        return final["message"]
-    assert r.status_code >= 400, r.text
-    return r.json()["message"]
 
 
 @pytest.mark.parametrize(
@@ -246,20 +219,6 @@ def test_an_edited_copy_of_the_scripts_is_uploaded_as_a_new_version(cluster, alt
     assert oct(uploaded.stat().st_mode & 0o777) == "0o700"
     hub.stop_server(user)
     assert wait_until(lambda: nothing_left(NODE1, user))
-
-
-def login(hub, user):
-    """Log in through the login form, as a browser does; returns the session."""
-    session = requests.Session()
-    page = session.get(f"{hub.url}/hub/login", timeout=30)
-    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
-    r = session.post(
-        f"{hub.url}/hub/login",
-        data={"username": user, "password": hub.password, "_xsrf": xsrf},
-        timeout=30,
-    )
-    assert r.ok and "/hub/login" not in r.url, r.url
-    return session
 
 
 def test_the_form_offers_the_nodes_and_starts_what_was_chosen(hub):

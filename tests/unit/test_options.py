@@ -23,8 +23,10 @@ def test_no_host_means_the_default_node():
 def test_host_and_binds_as_list_or_string_give_the_same_options():
     as_list = validate_user_options({"host": "node2", "binds": ["/data", "/scratch/x:/x:ro"]}, NODES)
     as_text = validate_user_options({"host": "node2", "binds": "/data;/scratch/x:/x:ro"}, NODES)
-    assert as_list == as_text == UserOptions(
-        "node2", (Bind("/data", "/data", "rw"), Bind("/scratch/x", "/x", "ro"))
+    assert (
+        as_list
+        == as_text
+        == UserOptions("node2", (Bind("/data", "/data", "rw"), Bind("/scratch/x", "/x", "ro")))
     )
     assert as_list.to_dict() == {"host": "node2", "binds": ["/data:/data:rw", "/scratch/x:/x:ro"]}
 

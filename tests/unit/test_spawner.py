@@ -43,7 +43,7 @@ async def test_poll_of_a_never_started_spawner_is_0():
 async def test_form_lists_valid_nodes_first_preselected_and_escaped():
     spawner_module._node_cache.clear()
     s = make_spawner(
-        nodelist='n1:10.0.0.1,bad<script>:10.0.0.2,:10.0.0.3',
+        nodelist="n1:10.0.0.1,bad<script>:10.0.0.2,:10.0.0.3",
         default_bind_path="/scratch;/x<y>",
     )
     html = await s.get_options_form()
@@ -230,8 +230,7 @@ def test_the_wheel_ships_scripts_template_and_entry_point(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-         "-w", str(tmp_path), str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(root)],
         check=True,
         capture_output=True,
     )
