@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import stat
 import threading
 import time
@@ -216,6 +217,22 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
         conn.close()
         raise ConnectError(f"cannot connect to {where}: {e or type(e).__name__}") from None
     return conn
+
+
+def probe_port(host: str, port: int, timeout: float) -> bool | None:
+    """Whether something accepts TCP connections on *host*:*port*.
+
+    True: it does; False: the host answered that nothing listens there
+    (connection refused); None: no answer (timeout, no route), so nothing can
+    be said.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return None
 
 
 def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:

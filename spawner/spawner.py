@@ -221,9 +221,14 @@ class RemoteSingularitySpawner(Spawner):
 
     poll_grace_period = Float(
         300.0,
-        help="""How long (seconds) a server whose node cannot be reached is still reported as
-        running. A short network or sshd outage then does not stop anybody's server; after
-        this, the Hub considers the server gone.""",
+        help="""How long (seconds) a server whose node cannot be checked over SSH is still
+        reported as running. When a poll cannot reach the node, the Hub first tries the
+        server's own port: if the node answers that nothing listens there (connection
+        refused: the node rebooted or crashed, the server is gone) the server is reported
+        stopped at once; if the port accepts connections (only sshd is down or restarting)
+        the server is reported running and no grace time is used up. Only when neither
+        answers (timeouts, no route) does this grace period run: a short network outage
+        then stops nobody's server; after it, the Hub considers the server gone.""",
     ).tag(config=True)
 
     term_timeout = Float(
@@ -506,19 +511,37 @@ class RemoteSingularitySpawner(Spawner):
         try:
             reply = await self._in_thread(self._run_script, target, "check_pid.sh", args)
         except remote.RemoteError as e:
-            return self._unreachable(e)
+            return await self._unreachable(e)
         if reply.exit_code == remote.ExitCode.OK:
             self._unreachable_since = None
             return None
         if reply.exit_code == remote.ExitCode.NOT_RUNNING:
             self.log.info("%s on %s is no longer running", self._log_name, self.node)
             return 0
-        return self._unreachable(
+        return await self._unreachable(
             remote.RemoteError(f"check_pid.sh failed (exit code {reply.exit_code}): {reply.stderr}")
         )
 
-    def _unreachable(self, error: Exception):
-        """Poll could not tell: report running for poll_grace_period, then gone."""
+    async def _unreachable(self, error: Exception):
+        """Poll could not ask the node: ask the server's port, else wait out poll_grace_period."""
+        listening = None
+        if self.port:
+            listening = await self._in_thread(
+                remote.probe_port, self.address, self.port, self.ssh_connect_timeout
+            )
+        if listening is False:
+            self.log.warning(
+                "Cannot check %s on %s (%s) and %s:%d refuses connections: the server is gone",
+                self._log_name, self.node, error, self.address, self.port,
+            )
+            return 1
+        if listening:
+            self.log.warning(
+                "Cannot check %s on %s (%s) but its port %d accepts connections: still running",
+                self._log_name, self.node, error, self.port,
+            )
+            self._unreachable_since = None
+            return None
         now = time.monotonic()
         if self._unreachable_since is None:
             self._unreachable_since = now

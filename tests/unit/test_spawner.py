@@ -151,6 +151,57 @@ async def test_a_successful_poll_resets_the_grace_period(monkeypatch):
     assert await s.poll() == 1
 
 
+def _ssh_refused_spawner(monkeypatch, clock, port):
+    monkeypatch.setattr(spawner_module.time, "monotonic", clock)
+    s = make_spawner(poll_grace_period=60)
+    s.pid, s.start_time, s.address, s.node, s.login, s.port = 42, 7, "127.0.0.1", "n1", "alice", port
+
+    def refused(*args):
+        raise spawner_module.remote.ConnectError("cannot connect to alice@127.0.0.1:22: refused")
+
+    monkeypatch.setattr(s, "_run_script", refused)
+    return s
+
+
+async def test_sshd_down_but_the_server_listening_is_running_and_uses_no_grace(monkeypatch):
+    import socket
+
+    clock = FakeClock()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        s = _ssh_refused_spawner(monkeypatch, clock, server.getsockname()[1])
+        for _ in range(3):
+            assert await s.poll() is None
+            clock.now += 100  # far beyond poll_grace_period, in total
+    assert s._unreachable_since is None
+
+
+async def test_node_answers_but_nothing_listens_on_the_port_is_gone_at_once(monkeypatch):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    s = _ssh_refused_spawner(monkeypatch, FakeClock(), port)
+    assert await s.poll() == 1
+
+
+async def test_a_port_that_does_not_answer_leaves_it_to_the_grace_period(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(spawner_module.time, "monotonic", clock)
+    probes = []
+    monkeypatch.setattr(spawner_module.remote, "probe_port", lambda *a: probes.append(a))
+    s = make_spawner(poll_grace_period=60, ssh_connect_timeout=4)
+    s.pid, s.start_time, s.address, s.node, s.login, s.port = 42, 7, "10.0.0.1", "n1", "alice", 50123
+
+    def timed_out(*args):
+        raise spawner_module.remote.ConnectError("cannot connect to alice@10.0.0.1:22: timed out")
+
+    monkeypatch.setattr(s, "_run_script", timed_out)
+    assert await s.poll() is None
+    clock.now += 61
+    assert await s.poll() == 1
+    assert probes == [("10.0.0.1", 50123, 4)] * 2
+
+
 def test_jupyterhub_help_all_shows_the_traits():
     import subprocess
     import sys
