@@ -14,7 +14,7 @@ From Python (pytest fixtures, tasks.py)::
     cluster.node_run("rss-node1", ["hostname", "-I"], user="rss-alice").stdout
     [p for p in cluster.node_processes("rss-node2") if p["user"] == "rss-bob"]
     cluster.kill_node("rss-node1"); cluster.start_node("rss-node1")
-    cluster.restart_sshd("rss-node2")
+    cluster.restart_sshd("rss-node2"); cluster.stop_sshd("rss-node2")
 
 What up() builds (all constants are in CONFIG):
 
@@ -625,8 +625,8 @@ def _read_pid_file(path: Path) -> int | None:
         return None
 
 
-def _restart_sshd(node: NodeSpec, drop_sessions: bool) -> None:
-    conf, log, pid_file = _sshd_paths(node)
+def _stop_sshd(node: NodeSpec, drop_sessions: bool) -> None:
+    _, _, pid_file = _sshd_paths(node)
     listener = _read_pid_file(pid_file)  # a PID inside the node's PID namespace
     sshds = [p for p in node_processes(node) if p["comm"] == "sshd"]
     victims = [p["pid"] for p in sshds if drop_sessions or p["pid"] == listener or "[listener]" in p["args"]]
@@ -636,6 +636,11 @@ def _restart_sshd(node: NodeSpec, drop_sessions: bool) -> None:
     if not _wait_for(lambda: not _sshd_answers(node, timeout=0.5), timeout=10):
         raise ClusterError(f"{node.name}: sshd still answers after it was killed")
     pid_file.unlink(missing_ok=True)
+
+
+def _restart_sshd(node: NodeSpec, drop_sessions: bool) -> None:
+    conf, log, _ = _sshd_paths(node)
+    _stop_sshd(node, drop_sessions)
     node_run(node, [_SSHD, "-f", str(conf), "-E", str(log)])
     _wait_sshd(node, _require_init(node))
 
@@ -1050,6 +1055,16 @@ def restart_sshd(node: NodeRef, drop_sessions: bool = False) -> None:
     """
     _require_root()
     _restart_sshd(_node_spec(node), drop_sessions)
+
+
+def stop_sshd(node: NodeRef, drop_sessions: bool = True) -> None:
+    """Stop the node's sshd and leave it down; every other process stays alive.
+
+    Logins are refused until start_node() (or restart_sshd()) starts it again: an sshd
+    outage while the servers keep running. drop_sessions as in restart_sshd().
+    """
+    _require_root()
+    _stop_sshd(_node_spec(node), drop_sessions)
 
 
 def node_run(

@@ -178,29 +178,6 @@ def test_a_server_that_dies_is_noticed_by_poll_and_cleaned_up(hub):
     assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
 
 
-def test_servers_survive_a_hub_restart_and_stop_from_state(alt_hub):
-    user = "rss-bob"
-    hub = alt_hub("", cleanup_servers=False)
-    hub.spawn(user, options={"host": NODE2})
-    hub.spawn(user, "second", {"host": NODE1})
-    before = {name: hub.wait_ready(user, name)["state"] for name in ("", "second")}
-
-    hub.stop()
-    assert len(servers_of(NODE2, user)) == 1 and len(servers_of(NODE1, user)) == 1
-    hub.start()
-
-    for name, state in before.items():
-        model = hub.server_model(user, name)
-        assert model and model["ready"], f"server {name!r} lost in the restart"
-        assert model["state"]["pid"] == state["pid"] and model["state"]["port"] == state["port"]
-        assert hub.through_proxy(user, name).status_code == 200
-    assert len(servers_of(NODE2, user)) == 1 and len(servers_of(NODE1, user)) == 1, "none duplicated"
-
-    hub.stop_server(user, "")
-    hub.stop_server(user, "second")
-    assert wait_until(lambda: nothing_left(NODE1, user) and nothing_left(NODE2, user))
-
-
 def test_an_edited_copy_of_the_scripts_is_uploaded_as_a_new_version(cluster, alt_hub, tmp_path):
     from remotesingularityspawner import remote
 
