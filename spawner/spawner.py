@@ -301,6 +301,9 @@ class RemoteSingularitySpawner(Spawner):
 
     _unreachable_since: float | None = None
     _starting = False
+    # The start_singleuser.sh call in flight and its target, while start() waits for it;
+    # stop() takes it (sets None) to stop what it starts.
+    _pending_start: tuple[asyncio.Future, remote.Target] | None = None
 
     async def _in_thread(self, func, *args):
         loop = asyncio.get_running_loop()
@@ -378,6 +381,7 @@ class RemoteSingularitySpawner(Spawner):
             return await self._start()
         finally:
             self._starting = False
+            self._pending_start = None
 
     async def usable_nodes(self) -> list[Node]:
         """The valid nodes; SpawnException if there is none."""
@@ -446,6 +450,7 @@ class RemoteSingularitySpawner(Spawner):
         future = asyncio.ensure_future(
             self._in_thread(self._run_script, target, "start_singleuser.sh", args, env)
         )
+        self._pending_start = (future, target)
         try:
             reply = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -456,6 +461,8 @@ class RemoteSingularitySpawner(Spawner):
             raise
         except remote.RemoteError as e:
             raise self._fail(f"Cannot start your server on {node.label}: {e}", reason="ssh") from None
+        if self._pending_start is None:
+            raise self._fail(f"Your server on {node.label} was stopped while it started", reason="stopped")
 
         if reply.exit_code != remote.ExitCode.OK:
             raise self._fail(
@@ -485,7 +492,10 @@ class RemoteSingularitySpawner(Spawner):
             reply = await future
             pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
             if reply.exit_code == remote.ExitCode.OK and pid:
-                self.log.warning("Stopping %s: it started after the Hub gave up on it", self._log_name)
+                self.log.warning(
+                    "Stopping %s: it finished starting after the Hub gave up on it or stopped it",
+                    self._log_name,
+                )
                 await self._in_thread(
                     self._run_script, target, "stop.sh", self._stop_args(pid, start_time)
                 )
@@ -560,6 +570,13 @@ class RemoteSingularitySpawner(Spawner):
 
     async def stop(self, now=False):
         if not self.pid:
+            if self._pending_start is not None:
+                # Still starting on the node (the Hub shuts down with cleanup_servers):
+                # wait for it and stop what it started, or it would be left running.
+                future, target = self._pending_start
+                self._pending_start = None
+                self.log.info("Stopping %s once its start on the node returns", self._log_name)
+                await self._stop_late_start(future, target)
             return
         target = self._target(self.address, self.login)
         try:

@@ -139,6 +139,23 @@ def test_hub_shutdown_with_cleanup_servers_stops_every_remote_server(alt_hub):
     assert len(re.findall(r"Stopped \S+ on rss-node\d", hub.log_tail(400))) == len(servers)
 
 
+def test_hub_shutdown_during_a_start_leaves_no_server_behind(alt_hub):
+    # A server that takes a few seconds to come up, so the Hub stops while it starts;
+    # the REST call returns at once (202) instead of waiting up to 10 s for the spawn.
+    hub = alt_hub(
+        """c.Spawner.cmd = ["/bin/sh", "-c", 'sleep 5 && exec jupyterhub-singleuser "$@"', "slow"]\n"""
+        'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n'
+    )
+    user, node = "rss-alice", NODE1
+    r = hub.spawn(user, options={"host": node})
+    assert r.status_code == 202, r.text
+    assert wait_until(lambda: any("sleep 5" in p["args"] for p in user_processes(node, user)))
+    hub.stop()
+    assert hub.process.returncode != -9, "the Hub had to be killed"
+    assert "Stopping rss-alice once its start on the node returns" in hub.log_tail(200)
+    assert wait_until(lambda: nothing_left(node, user), timeout=15), user_processes(node, user)
+
+
 @pytest.fixture
 def crash(cluster):
     """crash(node, unplug=False) kills a node; the node is brought back after the test."""

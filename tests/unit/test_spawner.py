@@ -245,6 +245,44 @@ async def test_a_start_the_hub_gave_up_on_is_stopped_when_it_completes(monkeypat
     assert args[args.index("--pid") + 1] == "99" and args[args.index("--start-time") + 1] == "5"
 
 
+async def test_stopping_a_server_that_is_still_starting_stops_it_once_started(monkeypatch):
+    """The Hub shuts down (cleanup_servers) while start_singleuser.sh still runs on the node."""
+    import asyncio
+    import threading
+
+    spawner_module._node_cache.clear()
+    s = make_spawner(nodelist="n1:10.0.0.1", singularity_container_path="/img.sif")
+    monkeypatch.setattr(s, "get_env", lambda: {"JUPYTERHUB_SERVICE_URL": "http://10.0.0.1:0/user/alice/"})
+    started = threading.Event()
+    release = threading.Event()
+    calls = []
+
+    def run(target, script, args, stdin=""):
+        calls.append((script, list(args)))
+        if script == "start_singleuser.sh":
+            started.set()
+            release.wait(10)
+            return spawner_module.remote.Reply(0, {"pid": 77, "start_time": 3, "port": 50001})
+        return spawner_module.remote.Reply(0, {"stopped": True, "signal": "TERM"})
+
+    monkeypatch.setattr(s, "_run_script", run)
+    start = asyncio.ensure_future(s.start())
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    assert await s.poll() is None, "a starting server counts as running"
+    stop = asyncio.ensure_future(s.stop())
+    await asyncio.sleep(0.1)
+    assert not stop.done(), "stop() waits for the start in flight"
+    release.set()
+    await asyncio.wait_for(stop, 10)
+    with pytest.raises(Exception, match="stopped while it started"):
+        await start
+    assert [c[0] for c in calls] == ["start_singleuser.sh", "stop.sh"]
+    args = calls[1][1]
+    assert args[args.index("--pid") + 1] == "77" and args[args.index("--start-time") + 1] == "3"
+    assert s.pid == 0
+
+
 async def test_no_valid_node_fails_the_spawn_clearly_before_any_connection(monkeypatch):
     spawner_module._node_cache.clear()
     monkeypatch.setattr(spawner_module.remote, "connect", lambda *a: pytest.fail("connected"))
