@@ -140,8 +140,9 @@ def test_hub_shutdown_with_cleanup_servers_stops_every_remote_server(alt_hub):
 
 
 def test_hub_shutdown_during_a_start_leaves_no_server_behind(alt_hub):
-    # A server that takes a few seconds to come up, so the Hub stops while it starts;
-    # the REST call returns at once (202) instead of waiting up to 10 s for the spawn.
+    # A server that takes a few seconds to come up, so the Hub (cleanup_servers = True)
+    # stops while it starts; the REST call returns at once (202) instead of waiting up
+    # to 10 s for the spawn.
     hub = alt_hub(
         """c.Spawner.cmd = ["/bin/sh", "-c", 'sleep 5 && exec jupyterhub-singleuser "$@"', "slow"]\n"""
         'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n'
