@@ -216,6 +216,10 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
     except (OSError, EOFError, paramiko.SSHException) as e:
         conn.close()
         raise ConnectError(f"cannot connect to {where}: {e or type(e).__name__}") from None
+    # Every command on a kept connection opens a channel, and paramiko waits an hour for
+    # the node to answer that: a node gone silent (link down, powered off) must fail the
+    # command as a new connection to it would, within the connect timeout.
+    conn.transport.channel_timeout = target.connect_timeout
     return conn
 
 

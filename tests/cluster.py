@@ -15,6 +15,7 @@ From Python (pytest fixtures, tasks.py)::
     [p for p in cluster.node_processes("rss-node2") if p["user"] == "rss-bob"]
     cluster.kill_node("rss-node1"); cluster.start_node("rss-node1")
     cluster.restart_sshd("rss-node2"); cluster.stop_sshd("rss-node2")
+    cluster.set_link("rss-node1", up=False); cluster.set_link("rss-node1", up=True)
 
 What up() builds (all constants are in CONFIG):
 
@@ -1055,6 +1056,16 @@ def restart_sshd(node: NodeRef, drop_sessions: bool = False) -> None:
     """
     _require_root()
     _restart_sshd(_node_spec(node), drop_sessions)
+
+
+def set_link(node: NodeRef, up: bool) -> None:
+    """Take the node's network link down or bring it back; its processes live on.
+
+    up=False: the node goes silent, as with a pulled cable: connections to it time out or
+    find no route, open ones hang. set_link(node, True) or start_node() plugs it back in.
+    """
+    _require_root()
+    _run(["ip", "link", "set", _node_spec(node).veth, "up" if up else "down"])
 
 
 def stop_sshd(node: NodeRef, drop_sessions: bool = True) -> None:

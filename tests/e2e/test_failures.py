@@ -270,3 +270,55 @@ def test_an_sshd_outage_on_a_node_stops_no_server(alt_hub):
     for user, name, _ in servers:
         hub.stop_server(user, name)
     assert wait_until(all_gone)
+
+
+@pytest.fixture
+def unplug(cluster):
+    """unplug(node) takes the node's link down (it goes silent); plugged back in after the test."""
+    unplugged = []
+
+    def down(node):
+        unplugged.append(node)
+        cluster_mod.set_link(node, up=False)
+
+    yield down
+    for node in unplugged:
+        cluster_mod.set_link(node, up=True)
+
+
+def test_a_silent_node_keeps_its_server_for_the_grace_period_then_lets_it_go(alt_hub, unplug):
+    """No answer at all (cable pulled): neither sshd nor the port can tell, the grace period decides."""
+    grace = 8
+    hub = alt_hub(
+        FAST_POLLS + "c.RemoteSingularitySpawner.ssh_connect_timeout = 2\n"
+        f"c.RemoteSingularitySpawner.poll_grace_period = {grace}\n"
+    )
+    silent, survivor = ("rss-alice", "", NODE1), ("rss-carol", "", NODE2)
+    state = spawn_all(hub, [silent, survivor])
+
+    unplug(NODE1)  # the kept SSH connection to it now hangs rather than breaks
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < grace:
+            model = hub.server_model(*silent[:2])
+            assert model and model["ready"], f"reported stopped {time.monotonic() - t0:.1f} s into the outage"
+            time.sleep(0.5)
+        assert wait_until(lambda: hub.server_model(*silent[:2]) is None, timeout=grace + 30), (
+            "a silent node's server must be let go after the grace period, not when TCP gives up"
+        )
+        figure(
+            f"server on a silent node reported stopped after {time.monotonic() - t0:.1f} s "
+            f"(poll_grace_period {grace} s, ssh_connect_timeout 2 s)"
+        )
+        model = hub.server_model(*survivor[:2])
+        assert model and model["state"]["pid"] == state[survivor[:2]]["pid"]
+        assert hub.through_proxy(*survivor[:2]).status_code == 200
+        assert re.search(
+            r"Cannot check rss-alice on rss-node1 for \d+s .*considering it stopped", hub.log_tail(200)
+        )
+    finally:
+        # The Hub let it go without reaching the node (see the README's known limits).
+        cluster_mod.set_link(NODE1, up=True)
+        cluster_mod.node_run(NODE1, ["kill", "-KILL", "--", f"-{state[silent[:2]]['pid']}"], check=False)
+    hub.stop_server(*survivor[:2])
+    assert wait_until(all_gone)
