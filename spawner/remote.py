@@ -264,6 +264,45 @@ def upload_scripts(
     log.info("uploaded scripts version %s to %s:%s", bundle.version, conn.host, remote_dir)
 
 
+def put_private_files(sftp: paramiko.SFTPClient, directory: str, files: Mapping[str, bytes]) -> str:
+    """Replace *directory* by one holding *files*, for the login user's eyes only.
+
+    The files are written into a fresh 0700 staging directory (nobody else can
+    reach them while their mode is still the server's default), made 0600,
+    then the directory is renamed into place. Relative paths are under the
+    login directory. Returns the absolute path of *directory*.
+    """
+    _mkdirs(sftp, directory.rsplit("/", 1)[0] if "/" in directory else ".")
+    staging = f"{directory}.tmp-{secrets.token_hex(4)}"
+    sftp.mkdir(staging, 0o700)
+    sftp.chmod(staging, 0o700)  # whatever the server's umask made of it
+    try:
+        for name, data in files.items():
+            with sftp.open(f"{staging}/{name}", "wb") as f:
+                f.chmod(0o600)
+                f.write(data)
+        remove_private_files(sftp, directory)
+        sftp.rename(staging, directory)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove_private_files(sftp, staging)
+        raise
+    return sftp.normalize(directory)
+
+
+def remove_private_files(sftp: paramiko.SFTPClient, directory: str) -> None:
+    """Remove *directory* and the files in it; nothing to do if it is gone."""
+    try:
+        names = sftp.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            sftp.remove(f"{directory}/{name}")
+    with contextlib.suppress(FileNotFoundError):
+        sftp.rmdir(directory)
+
+
 class _Payload(io.StringIO):
     """stdin for a remote command, handed to Invoke in one piece.
 
@@ -493,17 +532,37 @@ class NodeSession:
         return reply
 
     def _upload(self) -> None:
+        self._sftp(
+            f"upload the scripts to {self.target.host}:{self.script_dir}",
+            lambda _: upload_scripts(self._entry.conn, self.bundle, self.script_dir, self.log),
+        )
+        self._uploaded.add((self.target.host, self.target.username, self.script_dir))
+
+    def put_private(self, directory: str, files: Mapping[str, bytes]) -> str:
+        """Put *files* into *directory* on the node (0600 in 0700); its absolute path."""
+        return self._sftp(
+            f"copy files to {self.target.host}:{directory}",
+            lambda sftp: put_private_files(sftp, directory, files),
+        )
+
+    def remove_private(self, directory: str) -> None:
+        """Remove what :meth:`put_private` put into *directory*."""
+        self._sftp(
+            f"remove {self.target.host}:{directory}",
+            lambda sftp: remove_private_files(sftp, directory),
+        )
+
+    def _sftp(self, what: str, action: Callable[[paramiko.SFTPClient], object]):
+        """Run *action* with the connection's SFTP session, one thread at a time."""
+        assert self._entry is not None, "use NodeSession as a context manager"
         entry = self._entry
         try:
             with entry.sftp_lock:
-                upload_scripts(entry.conn, self.bundle, self.script_dir, self.log)
+                return action(entry.conn.sftp())
         except (OSError, EOFError, paramiko.SSHException) as e:
             if not entry.active():
                 raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
-            raise RemoteError(
-                f"cannot upload the scripts to {self.target.host}:{self.script_dir}: {e}"
-            ) from None
-        self._uploaded.add((self.target.host, self.target.username, self.script_dir))
+            raise RemoteError(f"cannot {what}: {e}") from None
 
     def _run(self, script: str, args: Iterable[str], stdin: str) -> Reply:
         entry = self._entry
