@@ -122,3 +122,39 @@ def test_certificates_of_a_server_that_died_are_removed(hub):
     assert wait_until(lambda: hub.server_model(user) is None, timeout=60), hub.server_model(user)
     assert certs_left(user) == []
     assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
+
+
+def test_two_servers_of_one_user_on_both_nodes_each_get_their_own_certificate(hub):
+    """JupyterHub writes every server of a user to the same files: spawned at
+    once, each server must still get a certificate for its own node."""
+    user = "rss-alice"
+    assert hub.spawn(user, options={"host": NODE1}).status_code in (201, 202)
+    assert hub.spawn(user, "second", {"host": NODE2}).status_code in (201, 202)
+    for name, node in (("", NODE1), ("second", NODE2)):
+        state = hub.wait_ready(user, name)["state"]
+        assert hub.through_proxy(user, name).status_code == 200
+        node_ip = cluster_mod.describe().node(node).ip
+        san = tls_handshake(hub, node_ip, state["port"]).extensions
+        assert node in san.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+    assert len(certs_left(user)) == 2
+    hub.stop_server(user)
+    hub.stop_server(user, "second")
+    assert certs_left(user) == []
+    assert wait_until(lambda: nothing_left(NODE1, user) and nothing_left(NODE2, user))
+
+
+def test_a_tls_server_survives_a_hub_restart_and_its_certificates_go_at_stop(cluster, alt_hub):
+    user = "rss-bob"
+    hub = alt_hub("", cleanup_servers=False, internal_ssl=True)
+    hub.spawn(user, options={"host": NODE1})
+    state = hub.wait_ready(user)["state"]
+    hub.stop()
+    hub.start()
+    model = hub.server_model(user)
+    assert model and model["ready"] and model["state"]["certs_dir"] == state["certs_dir"]
+    assert hub.through_proxy(user).status_code == 200
+    hub.stop_server(user)
+    assert certs_left(user) == []
+    assert wait_until(lambda: nothing_left(NODE1, user)), user_processes(NODE1, user)
