@@ -17,7 +17,7 @@ from pathlib import Path
 import cluster as cluster_mod
 import pytest
 import requests
-from conftest import USERS, make_hub, nothing_left, servers_of, spawn_failure, user_processes, wait_until
+from conftest import USERS, make_hub, servers_of, spawn_failure, wait_until
 from cryptography import x509
 
 NODE1, NODE2 = "rss-node1", "rss-node2"
@@ -38,6 +38,18 @@ def hub(cluster, tmp_path_factory):
         h.ensure_user(user)
     yield h
     h.stop()
+
+
+def group(node: str, pid: int) -> list[dict]:
+    """The processes of the server started as *pid* (its process group) on *node*.
+
+    Other runs on this machine may have servers of the same user on the
+    same node: these tests look only at their own."""
+    return [p for p in cluster_mod.node_processes(node) if p["pgid"] == pid]
+
+
+def gone(node: str, pid: int) -> bool:
+    return wait_until(lambda: not group(node, pid))
 
 
 def certs_left(user: str) -> list[Path]:
@@ -69,6 +81,8 @@ def test_spawn_over_tls_with_a_certificate_for_the_node_and_private_files(hub, u
     assert hub.through_proxy(user).status_code == 200  # and so did the proxy
     state = model["state"]
     node_ip = cluster_mod.describe().node(node).ip
+    routes = hub.api("GET", "/proxy").json()
+    assert routes[f"/user/{user}/"]["target"] == f"https://{node_ip}:{state['port']}", routes
 
     # The certificate names the chosen node, by address and by name; it checks
     # out against the Hub's CAs when connecting to the node's address.
@@ -91,7 +105,7 @@ def test_spawn_over_tls_with_a_certificate_for_the_node_and_private_files(hub, u
         path = certs / name
         assert (path.stat().st_mode & 0o777, path.stat().st_uid) == (0o600, uid), path
     assert x509.load_pem_x509_certificate((certs / "server.crt").read_bytes()) == cert
-    (server,) = servers_of(node, user)
+    (server,) = [p for p in servers_of(node, user) if p["pgid"] == state["pid"]]
     env = server_env(node, server["pid"])
     assert env["JUPYTERHUB_SSL_KEYFILE"] == str(certs / "server.key")
     assert env["JUPYTERHUB_SSL_CERTFILE"] == str(certs / "server.crt")
@@ -100,7 +114,7 @@ def test_spawn_over_tls_with_a_certificate_for_the_node_and_private_files(hub, u
 
     # Stopping removes them with the server.
     hub.stop_server(user)
-    assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
+    assert gone(node, state["pid"]), group(node, state["pid"])
     assert certs_left(user) == []
 
 
@@ -109,19 +123,18 @@ def test_certificates_of_a_server_that_failed_to_start_are_removed(hub):
     message = spawn_failure(hub, user, {"host": NODE1, "binds": ["/no/such/dir:/mnt"]})
     assert "mount source /no/such/dir doesn't exist" in message
     assert certs_left(user) == []
-    assert wait_until(lambda: nothing_left(NODE1, user))
 
 
 def test_certificates_of_a_server_that_died_are_removed(hub):
     user, node = "rss-carol", NODE2
     hub.spawn(user, options={"host": node})
-    model = hub.wait_ready(user)
-    assert certs_left(user) == [Path(model["state"]["certs_dir"])]
-    cluster_mod.node_run(node, ["kill", "-KILL", str(model["state"]["pid"])])
+    state = hub.wait_ready(user)["state"]
+    assert certs_left(user) == [Path(state["certs_dir"])]
+    cluster_mod.node_run(node, ["kill", "-KILL", str(state["pid"])])
     # poll_interval is 3 s in this Hub.
     assert wait_until(lambda: hub.server_model(user) is None, timeout=60), hub.server_model(user)
     assert certs_left(user) == []
-    assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
+    assert gone(node, state["pid"]), group(node, state["pid"])
 
 
 def test_two_servers_of_one_user_on_both_nodes_each_get_their_own_certificate(hub):
@@ -130,8 +143,10 @@ def test_two_servers_of_one_user_on_both_nodes_each_get_their_own_certificate(hu
     user = "rss-alice"
     assert hub.spawn(user, options={"host": NODE1}).status_code in (201, 202)
     assert hub.spawn(user, "second", {"host": NODE2}).status_code in (201, 202)
+    pids = {}
     for name, node in (("", NODE1), ("second", NODE2)):
         state = hub.wait_ready(user, name)["state"]
+        pids[node] = state["pid"]
         assert hub.through_proxy(user, name).status_code == 200
         node_ip = cluster_mod.describe().node(node).ip
         san = tls_handshake(hub, node_ip, state["port"]).extensions
@@ -142,7 +157,7 @@ def test_two_servers_of_one_user_on_both_nodes_each_get_their_own_certificate(hu
     hub.stop_server(user)
     hub.stop_server(user, "second")
     assert certs_left(user) == []
-    assert wait_until(lambda: nothing_left(NODE1, user) and nothing_left(NODE2, user))
+    assert all(gone(node, pid) for node, pid in pids.items())
 
 
 def test_a_tls_server_survives_a_hub_restart_and_its_certificates_go_at_stop(cluster, alt_hub):
@@ -157,4 +172,4 @@ def test_a_tls_server_survives_a_hub_restart_and_its_certificates_go_at_stop(clu
     assert hub.through_proxy(user).status_code == 200
     hub.stop_server(user)
     assert certs_left(user) == []
-    assert wait_until(lambda: nothing_left(NODE1, user)), user_processes(NODE1, user)
+    assert gone(NODE1, state["pid"]), group(NODE1, state["pid"])
