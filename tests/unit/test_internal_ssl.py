@@ -320,3 +320,34 @@ async def test_without_internal_ssl_nothing_is_removed(ca_store, uploads, monkey
     monkeypatch.setattr(s, "_run_script", lambda *a: reply(0, signal="TERM"))
     await s.stop()
     assert uploads.dropped == []
+
+
+async def test_the_certificates_of_a_start_the_hub_gave_up_on_go_when_it_completes(
+    ca_store, uploads, monkeypatch
+):
+    import asyncio
+    import threading
+
+    s = make_spawner(ca_store)
+    monkeypatch.setattr(s, "get_env", lambda: {"JUPYTERHUB_SERVICE_URL": "https://10.0.0.2:0/user/alice/"})
+    await s.move_certs(await s.create_certs())
+    certs_dir = s.certs_dir
+    release = threading.Event()
+
+    def run(target, script, args, stdin=""):
+        if script == "start_singleuser.sh":
+            release.wait(10)
+            return reply(0, pid=99, start_time=5, port=50000)
+        return reply(0, signal="TERM")
+
+    monkeypatch.setattr(s, "_run_script", run)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(s.start(), timeout=0.2)
+    s.clear_state()  # as the Hub does when it stops the server that did not start
+    assert uploads.dropped == []
+    release.set()
+    for _ in range(100):
+        if uploads.dropped:
+            break
+        await asyncio.sleep(0.05)
+    assert uploads.dropped == [("10.0.0.2", certs_dir)]
