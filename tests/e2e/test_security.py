@@ -234,6 +234,8 @@ HOSTILE = {
     "user-space": Case({}, "login name 'rss-alice x'", user="rss-alice x"),
     "user-newline": Case({}, "login name 'rss-alice\\nx'", user="rss-alice\nx"),
     "user-dot-first": Case({}, "login name '.rss-alice'", user=".rss-alice"),
+    "user-non-ascii": Case({}, "login name 'łukasz'", user="łukasz"),
+    "user-very-long": Case({}, f"login name '{'u' * 60}", user="u" * 200),
     "user-no-such-account": Case({}, "/home/a.b@c/.ssh/id_ed25519", user="a.b@c"),
     # the form
     "form-host-semicolon": Form({"host": f"rss-node1; {TOUCH}"}, f"'rss-node1; {TOUCH}'"),
@@ -407,6 +409,10 @@ def test_the_token_is_in_no_argv_no_log_and_no_file_others_can_read(hub, tmp_pat
         ["find", "/tmp", "-maxdepth", "1", *owned, "-type", "f"], capture_output=True, text=True
     )
     roots += find.stdout.splitlines()
+    control = hub.workdir / "control"
+    control.write_text(f"a file holding {next(iter(tokens.values()))}\n")
+    assert str(control) in files_holding(list(tokens.values()), roots), "the scan finds a token"
+    control.unlink()
     holding = files_holding(list(tokens.values()), roots)
     for path in holding:
         owner = next((u for u in USERS if path.startswith(f"/home/{u}/")), None)
