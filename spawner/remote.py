@@ -115,11 +115,16 @@ class Reply:
 
 def load_private_key(paths: Sequence[str]) -> paramiko.PKey:
     """Load the first of *paths* that exists (any type paramiko knows)."""
+    return find_private_key(paths)[1]
+
+
+def find_private_key(paths: Sequence[str]) -> tuple[str, paramiko.PKey]:
+    """The first of *paths* that exists, and its key loaded; IdentityError if none is usable."""
     for path in paths:
         if not os.path.exists(path):
             continue
         try:
-            return paramiko.PKey.from_path(path)
+            return path, paramiko.PKey.from_path(path)
         except (paramiko.PasswordRequiredException, TypeError) as e:
             # cryptography says "Password was not given but private key is encrypted".
             if isinstance(e, TypeError) and "assword" not in str(e):
@@ -169,7 +174,7 @@ def _fabric_config() -> fabric.Config:
 
 def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
     """Open an SSH connection as the user, with the host key verified."""
-    pkey = load_private_key(target.key_files)
+    key_path, pkey = find_private_key(target.key_files)
     conn = fabric.Connection(
         host=target.host,
         user=target.username,
@@ -208,7 +213,11 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
         ) from None
     except paramiko.AuthenticationException as e:
         conn.close()
-        raise IdentityError(f"login as {where} refused: {e}") from None
+        raise IdentityError(
+            f"login as {where} with the key {key_path} refused ({e}): add {key_path}.pub to "
+            f"~{target.username}/.ssh/authorized_keys on the node, and make sure ~/.ssh and that "
+            "file are writable by the user alone (sshd ignores them otherwise)"
+        ) from None
     except (HostKeyError, IdentityError):
         conn.close()
         raise
