@@ -116,11 +116,16 @@ class Reply:
 
 def load_private_key(paths: Sequence[str]) -> paramiko.PKey:
     """Load the first of *paths* that exists (any type paramiko knows)."""
+    return find_private_key(paths)[1]
+
+
+def find_private_key(paths: Sequence[str]) -> tuple[str, paramiko.PKey]:
+    """The first of *paths* that exists, and its key loaded; IdentityError if none is usable."""
     for path in paths:
         if not os.path.exists(path):
             continue
         try:
-            return paramiko.PKey.from_path(path)
+            return path, paramiko.PKey.from_path(path)
         except (paramiko.PasswordRequiredException, TypeError) as e:
             # cryptography says "Password was not given but private key is encrypted".
             if isinstance(e, TypeError) and "assword" not in str(e):
@@ -170,7 +175,7 @@ def _fabric_config() -> fabric.Config:
 
 def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
     """Open an SSH connection as the user, with the host key verified."""
-    pkey = load_private_key(target.key_files)
+    key_path, pkey = find_private_key(target.key_files)
     conn = fabric.Connection(
         host=target.host,
         user=target.username,
@@ -209,7 +214,11 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
         ) from None
     except paramiko.AuthenticationException as e:
         conn.close()
-        raise IdentityError(f"login as {where} refused: {e}") from None
+        raise IdentityError(
+            f"login as {where} with the key {key_path} refused ({e}): add {key_path}.pub to "
+            f"~{target.username}/.ssh/authorized_keys on the node, and make sure ~/.ssh and that "
+            "file are writable by the user alone (sshd ignores them otherwise)"
+        ) from None
     except (HostKeyError, IdentityError):
         conn.close()
         raise
@@ -283,6 +292,45 @@ def upload_scripts(
         if not stat.S_ISDIR(sftp.stat(remote_dir).st_mode):
             raise
     log.info("uploaded scripts version %s to %s:%s", bundle.version, conn.host, remote_dir)
+
+
+def put_private_files(sftp: paramiko.SFTPClient, directory: str, files: Mapping[str, bytes]) -> str:
+    """Replace *directory* by one holding *files*, for the login user's eyes only.
+
+    The files are written into a fresh 0700 staging directory (nobody else can
+    reach them while their mode is still the server's default), made 0600,
+    then the directory is renamed into place. Relative paths are under the
+    login directory. Returns the absolute path of *directory*.
+    """
+    _mkdirs(sftp, directory.rsplit("/", 1)[0] if "/" in directory else ".")
+    staging = f"{directory}.tmp-{secrets.token_hex(4)}"
+    sftp.mkdir(staging, 0o700)
+    sftp.chmod(staging, 0o700)  # whatever the server's umask made of it
+    try:
+        for name, data in files.items():
+            with sftp.open(f"{staging}/{name}", "wb") as f:
+                f.chmod(0o600)
+                f.write(data)
+        remove_private_files(sftp, directory)
+        sftp.rename(staging, directory)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove_private_files(sftp, staging)
+        raise
+    return sftp.normalize(directory)
+
+
+def remove_private_files(sftp: paramiko.SFTPClient, directory: str) -> None:
+    """Remove *directory* and the files in it; nothing to do if it is gone."""
+    try:
+        names = sftp.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            sftp.remove(f"{directory}/{name}")
+    with contextlib.suppress(FileNotFoundError):
+        sftp.rmdir(directory)
 
 
 class _Payload(io.StringIO):
@@ -514,17 +562,37 @@ class NodeSession:
         return reply
 
     def _upload(self) -> None:
+        self._sftp(
+            f"upload the scripts to {self.target.host}:{self.script_dir}",
+            lambda _: upload_scripts(self._entry.conn, self.bundle, self.script_dir, self.log),
+        )
+        self._uploaded.add((self.target.host, self.target.username, self.script_dir))
+
+    def put_private(self, directory: str, files: Mapping[str, bytes]) -> str:
+        """Put *files* into *directory* on the node (0600 in 0700); its absolute path."""
+        return self._sftp(
+            f"copy files to {self.target.host}:{directory}",
+            lambda sftp: put_private_files(sftp, directory, files),
+        )
+
+    def remove_private(self, directory: str) -> None:
+        """Remove what :meth:`put_private` put into *directory*."""
+        self._sftp(
+            f"remove {self.target.host}:{directory}",
+            lambda sftp: remove_private_files(sftp, directory),
+        )
+
+    def _sftp(self, what: str, action: Callable[[paramiko.SFTPClient], object]):
+        """Run *action* with the connection's SFTP session, one thread at a time."""
+        assert self._entry is not None, "use NodeSession as a context manager"
         entry = self._entry
         try:
             with entry.sftp_lock:
-                upload_scripts(entry.conn, self.bundle, self.script_dir, self.log)
+                return action(entry.conn.sftp())
         except (OSError, EOFError, paramiko.SSHException) as e:
             if not entry.active():
                 raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
-            raise RemoteError(
-                f"cannot upload the scripts to {self.target.host}:{self.script_dir}: {e}"
-            ) from None
-        self._uploaded.add((self.target.host, self.target.username, self.script_dir))
+            raise RemoteError(f"cannot {what}: {e}") from None
 
     def _run(self, script: str, args: Iterable[str], stdin: str) -> Reply:
         entry = self._entry
