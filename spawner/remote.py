@@ -34,6 +34,7 @@ from enum import IntEnum
 from pathlib import Path
 
 import fabric
+import invoke
 import paramiko
 
 # Callers pass their own logger (the spawner passes the Hub's); this one is
@@ -526,13 +527,17 @@ class NodeSession:
         if self._own_pool:
             self.pool.close_all()
 
-    def run(self, script: str, args: Iterable[str], stdin: str = "") -> Reply:
-        """Run *script* with *args*; upload the scripts first if missing."""
+    def run(self, script: str, args: Iterable[str], stdin: str = "", timeout: float | None = None) -> Reply:
+        """Run *script* with *args*; upload the scripts first if missing.
+
+        timeout: seconds the node may take to answer; after that the connection
+        counts as broken (ConnectError), as when a node went silent mid-command.
+        """
         assert self._entry is not None, "use NodeSession as a context manager"
         args = list(args)
         reused = not self._entry.fresh
         try:
-            return self._run_checked(script, args, stdin)
+            return self._run_checked(script, args, stdin, timeout)
         except ConnectError:
             self.pool.discard(self._entry)
             if not (reused and script in IDEMPOTENT_SCRIPTS):
@@ -544,21 +549,21 @@ class NodeSession:
         self._entry = None
         self._entry = self.pool.acquire(self.target, self.log)
         try:
-            return self._run_checked(script, args, stdin)
+            return self._run_checked(script, args, stdin, timeout)
         except ConnectError:
             self.pool.discard(self._entry)
             raise
 
-    def _run_checked(self, script: str, args: list[str], stdin: str) -> Reply:
+    def _run_checked(self, script: str, args: list[str], stdin: str, timeout: float | None) -> Reply:
         key = (self.target.host, self.target.username, self.script_dir)
         if key not in self._uploaded:
             self._upload()
-        reply = self._run(script, args, stdin)
+        reply = self._run(script, args, stdin, timeout)
         if reply.exit_code == _EXIT_NO_SUCH_FILE and self.script_dir in reply.stderr:
             # Someone removed the uploaded copy since we last looked.
             self._uploaded.discard(key)
             self._upload()
-            reply = self._run(script, args, stdin)
+            reply = self._run(script, args, stdin, timeout)
         return reply
 
     def _upload(self) -> None:
@@ -594,7 +599,7 @@ class NodeSession:
                 raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
             raise RemoteError(f"cannot {what}: {e}") from None
 
-    def _run(self, script: str, args: Iterable[str], stdin: str) -> Reply:
+    def _run(self, script: str, args: Iterable[str], stdin: str, timeout: float | None = None) -> Reply:
         entry = self._entry
         command = shlex.join(["bash", f"{self.script_dir}/{script}", *args])
         self.log.debug("on %s as %s: %s", self.target.host, self.target.username, command)
@@ -603,7 +608,9 @@ class NodeSession:
                 # Fabric would silently log in again, racing other threads: let the pool do it.
                 raise EOFError("the connection was closed")
             with entry.sessions:
-                result = entry.conn.run(command, in_stream=_Payload(stdin))
+                result = entry.conn.run(command, in_stream=_Payload(stdin), timeout=timeout)
+        except invoke.CommandTimedOut:
+            raise ConnectError(f"{self.target.host} did not answer within {timeout:g}s") from None
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
         finally:

@@ -192,6 +192,13 @@ class RemoteSingularitySpawner(Spawner):
         node that vanished is noticed and firewalls do not drop an idle connection.""",
     ).tag(config=True)
 
+    ssh_command_timeout = Float(
+        30.0,
+        help="""Seconds a node may take to answer a poll's check (on top of term_timeout and
+        kill_timeout for a stop) before the node counts as unreachable, as when it went
+        silent in the middle of the command. A healthy node answers in well under a second.""",
+    ).tag(config=True)
+
     ssh_threads = Integer(
         32,
         help="""Worker threads for SSH operations (shared by all users). The Hub's event loop
@@ -370,8 +377,13 @@ class RemoteSingularitySpawner(Spawner):
 
     def _run_script(self, target, script, args, stdin="") -> remote.Reply:
         """Blocking: connect, make sure the scripts are there, run one of them."""
+        # A start is bounded by its own --timeout and the Hub's start_timeout.
+        timeout = {
+            "check_pid.sh": self.ssh_command_timeout,
+            "stop.sh": self.term_timeout + self.kill_timeout + self.ssh_command_timeout,
+        }.get(script)
         with self._session(target) as session:
-            reply = session.run(script, args, stdin)
+            reply = session.run(script, args, stdin, timeout=timeout)
         reply.data.setdefault("scripts_version", session.bundle.version)
         return reply
 

@@ -291,12 +291,13 @@ def test_a_silent_node_keeps_its_server_for_the_grace_period_then_lets_it_go(alt
     grace = 8
     hub = alt_hub(
         FAST_POLLS + "c.RemoteSingularitySpawner.ssh_connect_timeout = 2\n"
+        "c.RemoteSingularitySpawner.ssh_command_timeout = 4\n"
         f"c.RemoteSingularitySpawner.poll_grace_period = {grace}\n"
     )
     silent, survivor = ("rss-alice", "", NODE1), ("rss-carol", "", NODE2)
     state = spawn_all(hub, [silent, survivor])
 
-    unplug(NODE1)  # the kept SSH connection to it now hangs rather than breaks
+    unplug(NODE1)  # the kept SSH connection (and a poll running on it) now hangs rather than breaks
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < grace:
@@ -308,7 +309,7 @@ def test_a_silent_node_keeps_its_server_for_the_grace_period_then_lets_it_go(alt
         )
         figure(
             f"server on a silent node reported stopped after {time.monotonic() - t0:.1f} s "
-            f"(poll_grace_period {grace} s, ssh_connect_timeout 2 s)"
+            f"(poll_grace_period {grace} s, ssh_connect_timeout 2 s, ssh_command_timeout 4 s)"
         )
         model = hub.server_model(*survivor[:2])
         assert model and model["state"]["pid"] == state[survivor[:2]]["pid"]

@@ -129,12 +129,14 @@ class FakeConnection:
         self.transport = FakeTransport()
         self.closed = False
         self.commands = []
+        self.timeouts = []
         self._run = run
 
-    def run(self, command, in_stream=None):
+    def run(self, command, in_stream=None, timeout=None):
         if not self.transport.alive:
             raise EOFError("connection closed by peer")
         self.commands.append(command)
+        self.timeouts.append(timeout)
         return self._run(self) if self._run else FakeResult()
 
     def close(self):
@@ -260,7 +262,9 @@ def test_a_kept_connection_that_broke_is_retried_only_for_idempotent_scripts(scr
     with session(pool, make_target()) as s:
         s.run("check_pid.sh", [])
     # sshd restarted: the kept connection is dead, but nobody has noticed yet.
-    opener.connections[0].run = lambda command, in_stream=None: (_ for _ in ()).throw(EOFError("reset"))
+    opener.connections[0].run = lambda command, in_stream=None, timeout=None: (_ for _ in ()).throw(
+        EOFError("reset")
+    )
     with session(pool, make_target()) as s:
         if retried:
             assert s.run(script, []).exit_code == 0
@@ -299,3 +303,25 @@ def test_refused_login_names_the_key_used_and_what_to_fix(tmp_path, monkeypatch)
         remote.connect(target)
     assert f"login as alice@10.0.0.9:22 with the key {path} refused" in str(e.value)
     assert f"add {path}.pub to ~alice/.ssh/authorized_keys" in str(e.value)
+
+
+def test_a_node_that_goes_silent_mid_command_counts_as_a_broken_connection():
+    """No answer within the timeout: the kept connection is dropped and a poll tried once more."""
+    import invoke
+
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener)
+    with session(pool, make_target()) as s:
+        s.run("check_pid.sh", [], timeout=7)
+    assert opener.connections[0].timeouts == [7]
+
+    def silent(command, in_stream=None, timeout=None):
+        raise invoke.CommandTimedOut(FakeResult(), timeout=timeout)
+
+    opener.connections[0].run = silent
+    opener.run = lambda conn: silent("", timeout=7)
+    with session(pool, make_target()) as s:
+        with pytest.raises(remote.ConnectError, match="10.0.0.1 did not answer within 7s"):
+            s.run("check_pid.sh", [], timeout=7)
+    assert len(opener.connections) == 2, "retried once on a new connection"
+    assert opener.connections[0].closed and opener.connections[1].closed
