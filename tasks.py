@@ -4,6 +4,7 @@
     invoke test --layer unit|bats|e2e
     invoke lint            ruff and shellcheck
     invoke demo            a Hub on http://127.0.0.1:8000 on the local two-node cluster
+    invoke bench           this spawner against LocalProcessSpawner (invoke bench --help)
     invoke cluster up|down|status
 
 The end-to-end tests and the demo build a local emulated cluster (network
@@ -149,3 +150,34 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False):
         else:
             cl.down(keep_venv=True)
             print("Demo stopped; the cluster is down.")
+
+
+@task(
+    help={
+        "n": "running servers for the poll round, the restart and the memory figure (default 48)",
+        "spawns": "spawns one at a time for the latency figures (default 10)",
+        "storm": "concurrent spawns in the storm (default 24)",
+        "json": "where to write the results (default bench-results/bench.json)",
+        "quick": "a short smoke run (6 servers, 3 spawns, a storm of 4); the numbers mean little",
+    }
+)
+def bench(c, n=48, spawns=10, storm=24, json="bench-results/bench.json", quick=False):
+    """Measure this spawner against LocalProcessSpawner on the local test cluster (as root).
+
+    Prints one table (spawn latency, poll round, Hub restart, a spawn storm, Hub
+    memory) and writes it with every raw figure as JSON. Holds the test cluster
+    for the whole run (about 8 minutes; --quick about 1).
+    """
+    _require_root("the benchmark")
+    _require("configurable-http-proxy", "npm install -g configurable-http-proxy (or run .ci/setup)")
+    _cluster()
+    import bench as bench_mod  # noqa: PLC0415 - tests/ is not a package
+
+    settings = (
+        bench_mod.Settings.quick() if quick else bench_mod.Settings(servers=n, spawns=spawns, storm=storm)
+    )
+    with c.cd(str(ROOT)):
+        # Measure what `pip install` gives a hub admin, as the tests do.
+        c.run(f"{sys.executable} -m pip install --quiet --no-deps --force-reinstall .", hide="out")
+    command = "invoke bench" + (" --quick" if quick else f" -n {n} --spawns {spawns} --storm {storm}")
+    bench_mod.run(settings, ROOT / json, command)

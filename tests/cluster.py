@@ -71,6 +71,7 @@ _KEYGEN_ARGS = {
 }
 _SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MARKER_VAR = "RSS_CLUSTER_NODE"  # in the environment of every node's init: NAME:NONCE
+_HELD_VAR = "RSS_CLUSTER_HELD"  # set while this process (or an ancestor) holds exclusive()
 _SSHD = "/usr/sbin/sshd"
 _TOOLS = "ip unshare tini nsenter setpriv setsid ssh-keygen useradd usermod userdel".split()
 _HERE = Path(__file__).resolve().parent
@@ -881,8 +882,13 @@ def exclusive(wait_message: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the cluster for a whole test session or benchmark.
 
     Two runs on one machine share the nodes, the users' homes and the Hub
-    ports; the second waits here until the first is done.
+    ports; the second waits here until the first is done. A process started
+    by the holder (e.g. a test running ``invoke bench``) runs under its hold
+    instead of waiting for it forever.
     """
+    if os.environ.get(_HELD_VAR):
+        yield
+        return
     CONFIG.session_lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(CONFIG.session_lock_file, "a") as lock:
         try:
@@ -891,7 +897,11 @@ def exclusive(wait_message: Callable[[], None] | None = None) -> Iterator[None]:
             if wait_message is not None:
                 wait_message()
             fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        os.environ[_HELD_VAR] = str(os.getpid())
+        try:
+            yield
+        finally:
+            del os.environ[_HELD_VAR]
 
 
 def describe() -> Cluster:
