@@ -275,6 +275,19 @@ class _Payload(io.StringIO):
         return super().read()
 
 
+def _stdin_for(data: str) -> _Payload | bool:
+    """What to hand Invoke as the command's stdin: *data*, or none at all.
+
+    Invoke sends EOF once it has read its stream, possibly after a quick
+    command has finished and its channel is closed. paramiko still sends that
+    EOF, and sshd answers an EOF for a channel it no longer has by dropping
+    the whole connection, with every other command running on it. So a
+    command without input gets no stdin (hence no EOF), and one with input
+    (start_singleuser.sh) reads it to the end before it can exit.
+    """
+    return _Payload(data) if data else False
+
+
 def env_payload(env: Mapping[str, str]) -> str:
     """Encode *env* as NUL-separated ``KEY=VALUE`` records."""
     records = []
@@ -514,7 +527,7 @@ class NodeSession:
                 # Fabric would silently log in again, racing other threads: let the pool do it.
                 raise EOFError("the connection was closed")
             with entry.sessions:
-                result = entry.conn.run(command, in_stream=_Payload(stdin))
+                result = entry.conn.run(command, in_stream=_stdin_for(stdin))
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
         finally:

@@ -129,12 +129,14 @@ class FakeConnection:
         self.transport = FakeTransport()
         self.closed = False
         self.commands = []
+        self.stdins = []
         self._run = run
 
     def run(self, command, in_stream=None):
         if not self.transport.alive:
             raise EOFError("connection closed by peer")
         self.commands.append(command)
+        self.stdins.append(in_stream.read() if in_stream else in_stream)
         return self._run(self) if self._run else FakeResult()
 
     def close(self):
@@ -282,3 +284,15 @@ def test_a_fresh_connection_that_fails_is_not_retried():
             s.run("check_pid.sh", [])
     assert len(opener.connections) == 1
     assert len(pool) == 0
+
+
+def test_a_command_without_input_gets_no_stdin_to_close():
+    # An EOF sent after a quick command's channel closed makes sshd drop the
+    # shared connection: only a command that reads input gets a stdin (and EOF).
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener)
+    target = make_target()
+    with session(pool, target) as s:
+        s.run("check_pid.sh", ["--pid", "1"])
+        s.run("start_singleuser.sh", [], stdin="A=1\0")
+    assert opener.connections[0].stdins == [False, "A=1\0"]
