@@ -166,7 +166,7 @@ def bench(c, n=48, spawns=10, storm=24, json="bench-results/bench.json", quick=F
 
     Prints one table (spawn latency, poll round, Hub restart, a spawn storm, Hub
     memory) and writes it with every raw figure as JSON. Holds the test cluster
-    for the whole run (about 8 minutes; --quick about 1).
+    for the whole run (about 5 minutes; --quick about 1).
     """
     _require_root("the benchmark")
     _require("configurable-http-proxy", "npm install -g configurable-http-proxy (or run .ci/setup)")
