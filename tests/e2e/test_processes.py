@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import cluster as cluster_mod
 import pytest
 import requests
-from conftest import nothing_left, user_processes, wait_until
+from conftest import nothing_left, spawn_failure, user_processes, wait_until
 
 from remotesingularityspawner.spawner import RemoteSingularitySpawner
 
@@ -170,6 +170,75 @@ def test_a_server_deaf_to_sigterm_is_killed_with_its_kernel_and_children(alt_hub
     assert wait_until(lambda: nothing_left(node, user)), leftovers(node, user)
     assert re.search(r"Stopped .* \(KILL\)", hub.log_path.read_text()), "the server did ignore SIGTERM"
     print(f"a SIGTERM-deaf server stopped in {took:.1f}s (term_timeout 3, kill_timeout 3)")
+
+
+# Start a helper in the server's process group and one in a session of its own,
+# then crash after a while, before listening.
+DIES_DURING_START = """#!/bin/bash
+sleep 3003 &
+setsid sleep 3004 &
+sleep 2
+echo "simulated crash while starting" >&2
+exit 3
+"""
+
+# Never listens, ignores SIGTERM, and has a helper in a session of its own.
+NEVER_LISTENS = """#!/bin/bash
+trap '' TERM
+setsid sleep 3005 &
+while :; do sleep 1; done
+"""
+
+# Listens on its port but never answers HTTP, and ignores SIGTERM.
+NEVER_ANSWERS = f"""#!{SINGLEUSER_PYTHON}
+import os
+import signal
+import socket
+from urllib.parse import urlparse
+
+url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+listener = socket.create_server((url.hostname, url.port))
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    signal.pause()
+"""
+
+
+HALF_WAY = ("rss-carol", NODE1)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers_for_the_next_test(request):
+    """A failed half-way test must not leave its processes to fail the next ones."""
+    yield
+    if "script" in request.fixturenames:
+        user, node = HALF_WAY
+        for p in leftovers(node, user):
+            cluster_mod.node_run(node, ["kill", "-KILL", str(p["pid"])], check=False)
+
+
+@pytest.mark.parametrize(
+    "script, config, says",
+    [
+        (DIES_DURING_START, "", "simulated crash while starting"),
+        (NEVER_LISTENS, "c.Spawner.start_timeout = 20", "did not listen on port"),
+        (NEVER_ANSWERS, "c.Spawner.http_timeout = 8", "didn't respond"),
+    ],
+    ids=["server-dies-after-a-while", "port-never-opens", "port-open-but-no-answer"],
+)
+def test_a_start_that_fails_half_way_leaves_nothing_on_the_node(alt_hub, user_script, script, config, says):
+    user, node = HALF_WAY
+    server = user_script(user, "server", script)
+    hub = alt_hub(
+        f'c.Spawner.cmd = ["{server}"]\n'
+        "c.RemoteSingularitySpawner.term_timeout = 2\n"
+        "c.RemoteSingularitySpawner.kill_timeout = 2\n"
+        f"{config}\n"
+    )
+    message = spawn_failure(hub, user, {"host": node})
+    assert says in message, message
+    assert wait_until(lambda: hub.server_model(user) is None, timeout=60), hub.server_model(user)
+    assert wait_until(lambda: nothing_left(node, user)), leftovers(node, user)
 
 
 IDLE_CULLER = f"""
