@@ -263,21 +263,28 @@ def inspect_node(
         return report
     report.ssh = f"ok ({user})"
     try:
-        state = judge(report, probe_node(conn, settings, bundle), settings, bundle)
-        if change and state != "current":
-            if dry_run:
-                report.scripts = "would install" if state == "missing" else "would replace"
-            else:
-                install(conn, settings, bundle, state)
-                report.problems = [p for p in report.problems if "run invoke deploy" not in p]
-                report.notes.clear()
-                after = judge(NodeReport(node), probe_node(conn, settings, bundle), settings, bundle)
-                report.scripts = "INSTALLED" if after == "current" else f"installed, {after.upper()}"
-                if after == "unsafe":
-                    report.notes.append(
-                        "installed, but the spawner will not use it: it, a parent or a file is not "
-                        "root-owned or is writable by others (deploy as root: --user root)"
-                    )
+        probe = probe_node(conn, settings, bundle)
+        state = judge(report, probe, settings, bundle)
+        # An unsafe parent directory is the admin's to fix; a reinstall would not help.
+        culprit = f"{probe.get('scripts_problem')} ".split(" ", 1)[0]
+        where = f"{settings.node_scripts_dir}/{bundle.version}"
+        fixable = state in ("missing", "different") or (
+            state == "unsafe" and (culprit == where or culprit.startswith(f"{where}/"))
+        )
+        if change and fixable and dry_run:
+            report.scripts = "would install" if state == "missing" else "would replace"
+        elif change and fixable:
+            install(conn, settings, bundle, state)
+            report.problems = [p for p in report.problems if "run invoke deploy" not in p]
+            report.notes.clear()
+            probe = probe_node(conn, settings, bundle)
+            after = judge(NodeReport(node), probe, settings, bundle)
+            report.scripts = "INSTALLED" if after == "current" else f"installed, {after.upper()}"
+            if after != "current":
+                report.notes.append(
+                    f"installed, but the spawner will not use it: {probe.get('scripts_problem')} "
+                    "(deploy as root: --user root)"
+                )
     except (OSError, EOFError, paramiko.SSHException, remote.RemoteError) as e:
         report.problems.append(f"on the node: {e or type(e).__name__}")
     finally:

@@ -310,3 +310,31 @@ def test_the_spawner_runs_the_node_wide_scripts_when_installed_else_uploads_per_
     else:
         assert conn.commands == [f"bash .rss/scripts/{bundle.version}/check_pid.sh --pid 1"]
         assert len(sftp.written) == len(remote.SCRIPT_FILES)
+
+
+@pytest.mark.parametrize(
+    "problem, reinstalled",
+    [
+        (
+            f"/opt/remote-singularity-spawner/scripts/{BUNDLE.version}/stop.sh is owned by uid 7, not root",
+            True,
+        ),
+        (f"/opt/remote-singularity-spawner/scripts/{BUNDLE.version} is writable by group or others", True),
+        ("/opt is writable by group or others (mode 777)", False),
+    ],
+)
+def test_deploy_replaces_an_unsafe_copy_but_not_for_an_unsafe_parent(monkeypatch, problem, reinstalled):
+    probes = [probe(scripts="unsafe", scripts_problem=problem), probe()]
+    installs = []
+    monkeypatch.setattr(deploy, "probe_node", lambda conn, s, b: probes.pop(0))
+    monkeypatch.setattr(deploy, "install", lambda conn, s, b, state: installs.append(state))
+    conn = SimpleNamespace(close=lambda: None)
+    report = deploy.inspect_node(
+        Node("n1", "10.0.0.1"), settings(), BUNDLE, lambda n: conn, "root", change=True
+    )
+    assert installs == (["unsafe"] if reinstalled else [])
+    assert report.fit
+    if reinstalled:
+        assert report.scripts == "INSTALLED" and report.notes == []
+    else:
+        assert report.scripts == "UNSAFE" and problem in report.notes[0]
