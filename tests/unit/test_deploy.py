@@ -338,3 +338,26 @@ def test_deploy_replaces_an_unsafe_copy_but_not_for_an_unsafe_parent(monkeypatch
         assert report.scripts == "INSTALLED" and report.notes == []
     else:
         assert report.scripts == "UNSAFE" and problem in report.notes[0]
+
+
+def test_node_wide_scripts_removed_behind_the_spawners_back_fall_back_to_an_upload(tmp_path):
+    for name in remote.SCRIPT_FILES:
+        (tmp_path / name).write_text(f"# {name}\n")
+    bundle = remote.ScriptBundle.load(tmp_path)
+    sftp = FakeSFTP(node_wide(bundle.version))
+    conn = FakeConn(sftp)
+    pool = remote.ConnectionPool(opener=lambda target, log: conn)
+    target = remote.Target(host="10.0.0.9", username="bob", key_files=(), known_hosts_files=())
+    with remote.NodeSession(target, bundle, ".rss", pool=pool, node_dir=NODE_DIR) as s:
+        s.run("check_pid.sh", [])
+    # An admin removes the node-wide copy; bash then says the file is missing.
+    sftp.entries = {k: v for k, v in sftp.entries.items() if not k.startswith(NODE_DIR)}
+    missing = f"bash: {NODE_DIR}/{bundle.version}/stop.sh: No such file or directory\n"
+    replies = [SimpleNamespace(exited=127, stdout="", stderr=missing)]
+    run = conn.run
+    conn.run = lambda command, in_stream=None: replies.pop(0) if replies else run(command, in_stream)
+    with remote.NodeSession(target, bundle, ".rss", pool=pool, node_dir=NODE_DIR) as s:
+        reply = s.run("stop.sh", [])
+    assert reply.exit_code == 0
+    assert conn.commands[-1] == f"bash .rss/scripts/{bundle.version}/stop.sh"
+    assert len(sftp.written) == len(remote.SCRIPT_FILES)
