@@ -103,11 +103,14 @@ def make_settings(
     if not image:
         raise DeployError("no image: give --image or set singularity_container_path in the config")
     node_dir = node_scripts_dir or config.get("node_scripts_dir", _trait_default("node_scripts_dir"))
-    for what, value in (("image", image), ("node_scripts_dir", node_dir)):
-        if not _SAFE_PATH_RE.fullmatch(value) or "/../" in f"{value}/":
-            raise DeployError(
-                f"{what} {value!r} must be an absolute path of letters, digits and / . _ - + @ = % ~"
-            )
+    # Both travel as argv (shlex.join); the node-wide directory also names files for
+    # the spawner and check_node.sh to compare, so it is kept to plain characters.
+    if not image.startswith("/") or not image.isprintable():
+        raise DeployError(f"image {image!r} must be an absolute path without control characters")
+    if not _SAFE_PATH_RE.fullmatch(node_dir) or "/../" in f"{node_dir}/":
+        raise DeployError(
+            f"node_scripts_dir {node_dir!r} must be an absolute path of letters, digits and / . _ - + @ = % ~"
+        )
     # Templates ({home}, {login}) name the users' files: not the admin's business here.
     config_known = [p for p in config.get("known_hosts_files", []) if "{" not in p]
     default_known = ["/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")]

@@ -82,7 +82,8 @@ def test_the_command_line_wins_over_the_config():
         (dict(hosts="bad_name"), "no node"),
         (dict(image=""), "no image"),
         (dict(image="images/j.sif"), "'images/j.sif'"),
-        (dict(image="/a/../etc/shadow"), "'/a/../etc/shadow'"),
+        (dict(image="/images/j.sif\nrm -rf /"), "'/images/j.sif\\\\nrm -rf /'"),
+        (dict(node_scripts_dir="/opt/../tmp"), "'/opt/../tmp'"),
         (dict(node_scripts_dir="/opt/x;rm -rf /"), "'/opt/x;rm -rf /'"),
     ],
 )
