@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import nothing_left, wait_until
+from conftest import make_hub, nothing_left, wait_until
 
 from remotesingularityspawner import remote
 
@@ -34,16 +34,19 @@ def node_wide(cluster):
 
 
 def invoke(cluster, task, *args, hosts=None, known_hosts=None):
-    """Run `invoke TASK` as an admin would (root's key, the cluster's known_hosts)."""
-    if hosts is None:
-        hosts = ",".join(f"{n.name}:{n.ip}" for n in cluster.nodes)
+    """Run `invoke TASK` as an admin would (root's key, the cluster's known_hosts).
+
+    Without --config among *args*, the nodes are *hosts* (default: all) and
+    the runtime is the cluster's.
+    """
+    if "--config" not in args:
+        hosts = hosts or ",".join(f"{n.name}:{n.ip}" for n in cluster.nodes)
+        args = ("--hosts", hosts, "--exe", str(cluster.singularity), *args)
     argv = [
         sys.executable, "-m", "invoke", "-r", str(ROOT), task,
-        "--hosts", hosts,
         "--user", "root",
         "--key", str(cluster.root_key),
         "--known-hosts", str(known_hosts or cluster.known_hosts),
-        "--exe", str(cluster.singularity),
         "--timeout", "3",
         *args,
     ]  # fmt: skip
@@ -143,3 +146,13 @@ def test_check_refuses_a_node_whose_host_key_is_unknown(cluster, tmp_path):
     assert code == 1, out
     assert row(out, NODE1)[2:4] == ["HOST", "KEY"], out
     assert "is not in known_hosts: refusing to connect" in out
+
+
+def test_check_reads_nodes_runtime_and_image_from_the_hub_config(cluster, tmp_path):
+    config = make_hub(cluster, tmp_path / "hub").write_config()
+    code, out = invoke(cluster, "check", "--config", str(config))
+    assert code == 0, out
+    assert f"image {cluster.image}, runtime {cluster.singularity}" in out
+    for node in cluster.nodes:
+        assert row(out, node.name)[:4] == [node.name, f"({node.ip})", "ok", "(root)"], out
+        assert row(out, node.name)[-1] == "yes", out
