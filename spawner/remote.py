@@ -240,17 +240,17 @@ def upload_scripts(
     remote_dir: str,
     log: logging.Logger = default_log,
     mode: int = 0o700,
-) -> bool:
+) -> None:
     """Put *bundle* into *remote_dir* unless it is there; atomic against races.
 
     The directories get *mode* (0700 for a user's own copy, 0755 for the
     node-wide one), the files the same without execute bits: they run as
-    ``bash FILE``. True if this call uploaded them.
+    ``bash FILE``.
     """
     sftp = conn.sftp()
     try:
         sftp.stat(f"{remote_dir}/{SCRIPT_FILES[-1]}")
-        return False
+        return
     except FileNotFoundError:
         pass
     parent = remote_dir.rsplit("/", 1)[0]
@@ -271,9 +271,8 @@ def upload_scripts(
         sftp.rmdir(staging)
         if not stat.S_ISDIR(sftp.stat(remote_dir).st_mode):
             raise
-        return False
+        return
     log.info("uploaded scripts version %s to %s:%s", bundle.version, conn.host, remote_dir)
-    return True
 
 
 def untrusted_because(sftp: paramiko.SFTPClient, directory: str) -> str:
@@ -459,6 +458,8 @@ def _close_quietly(conn: fabric.Connection) -> None:
         conn.close()
 
 
+# Before this script, a node-wide copy not found earlier is looked for again.
+RECHECK_SCRIPT = "start_singleuser.sh"
 # Scripts safe to run a second time when the connection broke under them.
 IDEMPOTENT_SCRIPTS = frozenset({"check_pid.sh", "stop.sh"})
 
@@ -531,7 +532,11 @@ class NodeSession:
 
     def _run_checked(self, script: str, args: list[str], stdin: str) -> Reply:
         key = (self.target.host, self.target.username, self.user_dir, self.node_dir)
-        self.script_dir = self._found.get(key) or self._prepare(key)
+        found = self._found.get(key)
+        if found is None or (script == RECHECK_SCRIPT and found != self.node_dir and self.node_dir):
+            # A start looks for the node-wide copy again: one deployed since is used at once.
+            found = self._prepare(key)
+        self.script_dir = found
         reply = self._run(script, args, stdin)
         if reply.exit_code == _EXIT_NO_SUCH_FILE and self.script_dir in reply.stderr:
             # Someone removed that copy since we last looked.

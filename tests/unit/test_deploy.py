@@ -362,3 +362,24 @@ def test_node_wide_scripts_removed_behind_the_spawners_back_fall_back_to_an_uplo
     assert reply.exit_code == 0
     assert conn.commands[-1] == f"bash .rss/scripts/{bundle.version}/stop.sh"
     assert len(sftp.written) == len(remote.SCRIPT_FILES)
+
+
+def test_a_copy_deployed_while_the_hub_runs_is_used_from_the_next_start(tmp_path):
+    for name in remote.SCRIPT_FILES:
+        (tmp_path / name).write_text(f"# {name} later\n")
+    bundle = remote.ScriptBundle.load(tmp_path)
+    sftp = FakeSFTP({})
+    conn = FakeConn(sftp)
+    pool = remote.ConnectionPool(opener=lambda target, log: conn)
+    target = remote.Target(host="10.0.0.8", username="carol", key_files=(), known_hosts_files=())
+
+    def run(script):
+        with remote.NodeSession(target, bundle, ".rss", pool=pool, node_dir=NODE_DIR) as s:
+            s.run(script, [])
+        return conn.commands[-1].split()[1].rsplit("/", 2)[0]
+
+    assert run("start_singleuser.sh") == ".rss/scripts"
+    sftp.entries.update(node_wide(bundle.version))  # invoke deploy
+    assert run("check_pid.sh") == ".rss/scripts", "polls keep what they found"
+    assert run("start_singleuser.sh") == NODE_DIR
+    assert run("stop.sh") == NODE_DIR
