@@ -142,7 +142,7 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
             f"the host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
             f"known_hosts: refusing to connect. If it is the node's real key, add it to "
             "/etc/ssh/ssh_known_hosts (e.g. `ssh-keyscan` on a trusted path, then compare "
-            "the fingerprint) or run `invoke deploy`."
+            "the fingerprint); `invoke check` then shows every node it can reach."
         )
 
 
