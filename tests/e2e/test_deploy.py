@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import cluster as cluster_mod
 import pytest
 from conftest import make_hub, nothing_left, wait_until
 
@@ -52,6 +54,15 @@ def invoke(cluster, task, *args, hosts=None, known_hosts=None):
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def answers(ip):
+    """Something accepts connections on ip:22."""
+    try:
+        socket.create_connection((ip, 22), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def row(output, node):
@@ -156,3 +167,19 @@ def test_check_reads_nodes_runtime_and_image_from_the_hub_config(cluster, tmp_pa
     for node in cluster.nodes:
         assert row(out, node.name)[:4] == [node.name, f"({node.ip})", "ok", "(root)"], out
         assert row(out, node.name)[-1] == "yes", out
+
+
+def test_check_and_deploy_report_a_node_whose_sshd_is_stopped(cluster, node_wide):
+    node2 = cluster.node(NODE2)
+    listener = int(node2.sshd_pid_file.read_text().split()[0])  # a PID inside the node
+    cluster_mod.node_run(NODE2, ["kill", "-TERM", str(listener)])
+    try:
+        assert wait_until(lambda: not answers(node2.ip), timeout=10)
+        code, out = invoke(cluster, "deploy", "--image", str(cluster.image))
+        assert code == 1, out
+        assert row(out, NODE1)[-2:] == ["INSTALLED", "yes"], out
+        assert row(out, NODE2)[2] == "DOWN" and row(out, NODE2)[-1] == "NO", out
+        assert f"{NODE2}: cannot connect to root@{node2.ip}:22:" in out
+        assert not (node_wide[NODE2] / "scripts").exists()
+    finally:
+        cluster_mod.restart_sshd(NODE2)
