@@ -2,7 +2,8 @@
 
     invoke test            lint, then bats, unit and end-to-end tests (as root)
     invoke test --layer unit|bats|e2e
-    invoke lint            ruff and shellcheck
+    invoke lint            ruff, shellcheck, and that docs/configuration.md is up to date
+    invoke docs            write docs/configuration.md from the traits' help
     invoke demo            a Hub on http://127.0.0.1:8000 on the local two-node cluster
     invoke cluster up|down|status
     invoke check  --hosts a,b | --config jupyterhub_config.py   inspect the compute nodes
@@ -14,6 +15,7 @@ and PID namespaces, one sshd per node, test users): they need root.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -45,13 +47,46 @@ def _cluster():
     return cluster
 
 
+def _configdoc():
+    """spawner/configdoc.py of this checkout (not an installed, maybe older, copy)."""
+    name = "remotesingularityspawner"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, ROOT / "spawner" / "__init__.py", submodule_search_locations=[str(ROOT / "spawner")]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    from remotesingularityspawner import configdoc  # noqa: PLC0415
+
+    return configdoc
+
+
+@task(help={"check": "only check that the file is up to date (fails if not)"})
+def docs(c, check=False):
+    """Write the configuration reference (docs/configuration.md) from the traits' help."""
+    configdoc = _configdoc()
+    path = ROOT / configdoc.DOC_PATH
+    text = configdoc.render()
+    current = path.read_text() if path.exists() else ""
+    if check:
+        if current != text:
+            raise Exit(f"{configdoc.DOC_PATH} is out of date with the traits' help: run `invoke docs`")
+        print(f"{configdoc.DOC_PATH} is up to date")
+    elif current != text:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {configdoc.DOC_PATH}")
+
+
 @task
 def lint(c):
-    """Check the Python code with ruff and the shell scripts with shellcheck."""
+    """Check the Python code with ruff, the shell scripts with shellcheck, and the docs."""
     _require("shellcheck", "apt-get install shellcheck (or run .ci/setup)")
     with c.cd(str(ROOT)):
         c.run(f"{sys.executable} -m ruff check spawner tests tasks.py")
         c.run(f"shellcheck -x {SHELL_FILES}")
+    docs(c, check=True)
 
 
 @task(help={"layer": "run only one layer: unit, bats or e2e", "pytest_args": "extra pytest arguments"})

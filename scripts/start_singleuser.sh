@@ -36,15 +36,18 @@ Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
 
 stdin: NUL-separated KEY=VALUE records exported for the server; must
 include JUPYTERHUB_SERVICE_URL, whose port is replaced by the chosen one.
+Each is also exported as SINGULARITYENV_KEY and APPTAINERENV_KEY, so it
+reaches the server with --cleanenv or --containall too.
 USAGE
 }
 
 #######################################
 # Export the KEY=VALUE records read from stdin (shell builtins only, so
-# no value ever shows in a process's argv).
+# no value ever shows in a process's argv). Their keys go to HUB_ENV_KEYS.
 #######################################
 import_environment() {
   local record key
+  HUB_ENV_KEYS=()
   while IFS= read -r -d '' record; do
     key=${record%%=*}
     if [[ "${record}" != *=* || ! "${key}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
@@ -55,6 +58,29 @@ import_environment() {
       continue
     fi
     export "${record?}"
+    HUB_ENV_KEYS+=("${key}")
+  done
+}
+
+#######################################
+# Also export each variable from the Hub as SINGULARITYENV_KEY and
+# APPTAINERENV_KEY (the same value, so Apptainer does not warn): the runtime
+# sets those inside the container even with --cleanenv or --containall, and
+# above the image's %environment. The runtime evaluates them once more as
+# `export KEY="VALUE"`, so \ $ ` and " are escaped, unless --no-eval is on.
+# Arguments: "eval" or "no-eval"
+#######################################
+export_for_container() {
+  local key value
+  for key in "${HUB_ENV_KEYS[@]}"; do
+    value=${!key}
+    if [[ "$1" == eval ]]; then
+      value=${value//\\/\\\\}
+      value=${value//\$/\\\$}
+      value=${value//\`/\\\`}
+      value=${value//\"/\\\"}
+    fi
+    export "SINGULARITYENV_${key}=${value}" "APPTAINERENV_${key}=${value}"
   done
 }
 
@@ -110,13 +136,18 @@ log_tail() {
 main() {
   local exe="" image="" server_dir="" port_range="49152-60999" timeout=60
   local -a binds=() extra=()
+  local evaluation=eval
   while (($#)); do
     case "$1" in
       --exe) exe="${2?}"; shift 2 ;;
       --image) image="${2?}"; shift 2 ;;
       --server-dir) server_dir="${2?}"; shift 2 ;;
       --bind) binds+=(--bind "${2?}"); shift 2 ;;
-      --singularity-arg) extra+=("${2?}"); shift 2 ;;
+      --singularity-arg)
+        extra+=("${2?}")
+        [[ "$2" =~ ^--no-eval(=(1|t|T|true|TRUE|True))?$ ]] && evaluation=no-eval
+        shift 2
+        ;;
       --port-range) port_range="${2?}"; shift 2 ;;
       --timeout) timeout="${2?}"; shift 2 ;;
       -h | --help) usage; exit 0 ;;
@@ -153,6 +184,7 @@ main() {
     port=$(pick_port "${low}" "${high}") \
       || die "${RSS_EXIT_NO_FREE_PORT}" "no free port in ${port_range}"
     export JUPYTERHUB_SERVICE_URL="${url_head}:${port}${url_tail}"
+    export_for_container "${evaluation}"
     : >"${log}"
     # setsid makes the server a session and process-group leader: its PID
     # is the group to signal, and it survives the end of this SSH session.

@@ -115,11 +115,16 @@ class Reply:
 
 def load_private_key(paths: Sequence[str]) -> paramiko.PKey:
     """Load the first of *paths* that exists (any type paramiko knows)."""
+    return find_private_key(paths)[1]
+
+
+def find_private_key(paths: Sequence[str]) -> tuple[str, paramiko.PKey]:
+    """The first of *paths* that exists, and its key loaded; IdentityError if none is usable."""
     for path in paths:
         if not os.path.exists(path):
             continue
         try:
-            return paramiko.PKey.from_path(path)
+            return path, paramiko.PKey.from_path(path)
         except (paramiko.PasswordRequiredException, TypeError) as e:
             # cryptography says "Password was not given but private key is encrypted".
             if isinstance(e, TypeError) and "assword" not in str(e):
@@ -169,7 +174,7 @@ def _fabric_config() -> fabric.Config:
 
 def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
     """Open an SSH connection as the user, with the host key verified."""
-    pkey = load_private_key(target.key_files)
+    key_path, pkey = find_private_key(target.key_files)
     conn = fabric.Connection(
         host=target.host,
         user=target.username,
@@ -208,7 +213,11 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
         ) from None
     except paramiko.AuthenticationException as e:
         conn.close()
-        raise IdentityError(f"login as {where} refused: {e}") from None
+        raise IdentityError(
+            f"login as {where} with the key {key_path} refused ({e}): add {key_path}.pub to "
+            f"~{target.username}/.ssh/authorized_keys on the node, and make sure ~/.ssh and that "
+            "file are writable by the user alone (sshd ignores them otherwise)"
+        ) from None
     except (HostKeyError, IdentityError):
         conn.close()
         raise
@@ -298,6 +307,45 @@ def untrusted_because(sftp: paramiko.SFTPClient, directory: str) -> str:
         if st.st_mode & 0o022:
             return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
     return ""
+
+
+def put_private_files(sftp: paramiko.SFTPClient, directory: str, files: Mapping[str, bytes]) -> str:
+    """Replace *directory* by one holding *files*, for the login user's eyes only.
+
+    The files are written into a fresh 0700 staging directory (nobody else can
+    reach them while their mode is still the server's default), made 0600,
+    then the directory is renamed into place. Relative paths are under the
+    login directory. Returns the absolute path of *directory*.
+    """
+    _mkdirs(sftp, directory.rsplit("/", 1)[0] if "/" in directory else ".")
+    staging = f"{directory}.tmp-{secrets.token_hex(4)}"
+    sftp.mkdir(staging, 0o700)
+    sftp.chmod(staging, 0o700)  # whatever the server's umask made of it
+    try:
+        for name, data in files.items():
+            with sftp.open(f"{staging}/{name}", "wb") as f:
+                f.chmod(0o600)
+                f.write(data)
+        remove_private_files(sftp, directory)
+        sftp.rename(staging, directory)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove_private_files(sftp, staging)
+        raise
+    return sftp.normalize(directory)
+
+
+def remove_private_files(sftp: paramiko.SFTPClient, directory: str) -> None:
+    """Remove *directory* and the files in it; nothing to do if it is gone."""
+    try:
+        names = sftp.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            sftp.remove(f"{directory}/{name}")
+    with contextlib.suppress(FileNotFoundError):
+        sftp.rmdir(directory)
 
 
 class _Payload(io.StringIO):
@@ -547,25 +595,44 @@ class NodeSession:
 
     def _prepare(self, key: tuple[str, str, str, str]) -> str:
         """Use the node-wide scripts if they are fit, else upload the user's copy if missing."""
+
+        def choose(sftp: paramiko.SFTPClient) -> str:
+            why_not = untrusted_because(sftp, self.node_dir) if self.node_dir else "not configured"
+            if not why_not:
+                return self.node_dir
+            self.log.debug("node-wide scripts not used on %s: %s", self.target.host, why_not)
+            upload_scripts(self._entry.conn, self.bundle, self.user_dir, self.log)
+            return self.user_dir
+
+        where = self._sftp(f"upload the scripts to {self.target.host}:{self.user_dir}", choose)
+        self._found[key] = where
+        return where
+
+    def put_private(self, directory: str, files: Mapping[str, bytes]) -> str:
+        """Put *files* into *directory* on the node (0600 in 0700); its absolute path."""
+        return self._sftp(
+            f"copy files to {self.target.host}:{directory}",
+            lambda sftp: put_private_files(sftp, directory, files),
+        )
+
+    def remove_private(self, directory: str) -> None:
+        """Remove what :meth:`put_private` put into *directory*."""
+        self._sftp(
+            f"remove {self.target.host}:{directory}",
+            lambda sftp: remove_private_files(sftp, directory),
+        )
+
+    def _sftp(self, what: str, action: Callable[[paramiko.SFTPClient], object]):
+        """Run *action* with the connection's SFTP session, one thread at a time."""
+        assert self._entry is not None, "use NodeSession as a context manager"
         entry = self._entry
-        where = self.user_dir
         try:
             with entry.sftp_lock:
-                sftp = entry.conn.sftp()
-                why_not = untrusted_because(sftp, self.node_dir) if self.node_dir else "not configured"
-                if not why_not:
-                    where = self.node_dir
-                else:
-                    self.log.debug("node-wide scripts not used on %s: %s", self.target.host, why_not)
-                    upload_scripts(entry.conn, self.bundle, self.user_dir, self.log)
+                return action(entry.conn.sftp())
         except (OSError, EOFError, paramiko.SSHException) as e:
             if not entry.active():
                 raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
-            raise RemoteError(
-                f"cannot upload the scripts to {self.target.host}:{self.user_dir}: {e}"
-            ) from None
-        self._found[key] = where
-        return where
+            raise RemoteError(f"cannot {what}: {e}") from None
 
     def _run(self, script: str, args: Iterable[str], stdin: str) -> Reply:
         entry = self._entry

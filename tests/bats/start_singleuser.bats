@@ -48,6 +48,61 @@ teardown() { common_teardown; }
   [ "$(py JUPYTERHUB_SERVICE_URL)" = "http://127.0.0.1:${PORT}/user/alice/" ]
 }
 
+# The server's environment as the server sees it: server_env KEY prints one value.
+fetch_server_env() {
+  run curl -fsS "http://127.0.0.1:${PORT}/env"
+  [ "${status}" -eq 0 ]
+  SERVER_ENV="${output}"
+}
+server_env() {
+  python3 -c 'import json,sys; e=json.loads(sys.argv[1]); print(e.get(sys.argv[2], "<unset>"), end="")' \
+    "${SERVER_ENV}" "$1"
+}
+
+@test "with --cleanenv or --containall the Hub's environment still reaches the server literally" {
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b' $'MULTI=line1\nline2' 'KEEP_ME=yes')
+  for flag in --cleanenv --containall; do
+    start_ok --singularity-arg "${flag}"
+    fetch_server_env
+    [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+    [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
+    [ "$(server_env MULTI)" = $'line1\nline2' ]
+    [ "$(server_env JUPYTERHUB_SERVICE_URL)" = "http://127.0.0.1:${PORT}/user/alice/" ]
+    [ "$(server_env LANG)" = C ]   # --cleanenv did apply
+    kill -TERM -- "-${PID}"
+  done
+}
+
+@test "apptainer: the same with APPTAINERENV_, and no warning about differing variables" {
+  mkdir -p "${BATS_TEST_TMPDIR}/bin"
+  ln -s "${TEST_BIN}/singularity" "${BATS_TEST_TMPDIR}/bin/apptainer"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}"
+  EXE=apptainer
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b')
+  start_ok --singularity-arg --cleanenv
+  grep -q 'Apptainer runtime parent' "/proc/${PID}/cmdline"
+  fetch_server_env
+  [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+  [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
+  ! grep -q 'WARNING' "${HOME}/${SERVER_DIR}/server.log"
+}
+
+@test "with --no-eval the values are passed unescaped and still arrive literally" {
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b')
+  start_ok --singularity-arg --no-eval --singularity-arg --cleanenv
+  fetch_server_env
+  [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
+  [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+}
+
+@test "the Hub's variables win over the image's %environment" {
+  "${TEST_BIN}/make-fake-image" "${IMAGE}" \
+    "PATH=${TEST_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "JUPYTERHUB_API_TOKEN=from-image"
+  start_ok
+  fetch_server_env
+  [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+}
+
 @test "the API token is in no process's argv and not in the log" {
   start_ok
   ! grep -aqF -- "${TOKEN}" /proc/[0-9]*/cmdline

@@ -282,3 +282,20 @@ def test_a_fresh_connection_that_fails_is_not_retried():
             s.run("check_pid.sh", [])
     assert len(opener.connections) == 1
     assert len(pool) == 0
+
+
+def test_refused_login_names_the_key_used_and_what_to_fix(tmp_path, monkeypatch):
+    path = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+    def refuse(self):
+        raise paramiko.AuthenticationException("Authentication failed.")
+
+    monkeypatch.setattr(remote.fabric.Connection, "open", refuse)
+    target = remote.Target(
+        host="10.0.0.9", username="alice", key_files=(str(tmp_path / "none"), str(path)), known_hosts_files=()
+    )
+    with pytest.raises(remote.IdentityError) as e:
+        remote.connect(target)
+    assert f"login as alice@10.0.0.9:22 with the key {path} refused" in str(e.value)
+    assert f"add {path}.pub to ~alice/.ssh/authorized_keys" in str(e.value)
