@@ -163,7 +163,7 @@ class Opener:
 def session(pool, target, bundle=None):
     bundle = bundle or remote.ScriptBundle(files={}, version="v1")
     s = remote.NodeSession(target, bundle, ".rss", pool=pool)
-    remote.NodeSession._uploaded.add((target.host, target.username, s.script_dir))
+    remote.NodeSession._found[(target.host, target.username, s.user_dir, "")] = s.user_dir
     return s
 
 
