@@ -36,15 +36,18 @@ Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
 
 stdin: NUL-separated KEY=VALUE records exported for the server; must
 include JUPYTERHUB_SERVICE_URL, whose port is replaced by the chosen one.
+Each is also exported as SINGULARITYENV_KEY and APPTAINERENV_KEY, so it
+reaches the server with --cleanenv or --containall too.
 USAGE
 }
 
 #######################################
 # Export the KEY=VALUE records read from stdin (shell builtins only, so
-# no value ever shows in a process's argv).
+# no value ever shows in a process's argv). Their keys go to HUB_ENV_KEYS.
 #######################################
 import_environment() {
   local record key
+  HUB_ENV_KEYS=()
   while IFS= read -r -d '' record; do
     key=${record%%=*}
     if [[ "${record}" != *=* || ! "${key}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
@@ -55,6 +58,29 @@ import_environment() {
       continue
     fi
     export "${record?}"
+    HUB_ENV_KEYS+=("${key}")
+  done
+}
+
+#######################################
+# Also export each variable from the Hub as SINGULARITYENV_KEY and
+# APPTAINERENV_KEY (the same value, so Apptainer does not warn): the runtime
+# sets those inside the container even with --cleanenv or --containall, and
+# above the image's %environment. The runtime evaluates them once more as
+# `export KEY="VALUE"`, so \ $ ` and " are escaped, unless --no-eval is on.
+# Arguments: "eval" or "no-eval"
+#######################################
+export_for_container() {
+  local key value
+  for key in "${HUB_ENV_KEYS[@]}"; do
+    value=${!key}
+    if [[ "$1" == eval ]]; then
+      value=${value//\\/\\\\}
+      value=${value//\$/\\\$}
+      value=${value//\`/\\\`}
+      value=${value//\"/\\\"}
+    fi
+    export "SINGULARITYENV_${key}=${value}" "APPTAINERENV_${key}=${value}"
   done
 }
 
@@ -110,13 +136,18 @@ log_tail() {
 main() {
   local exe="" image="" server_dir="" port_range="49152-60999" timeout=60
   local -a binds=() extra=()
+  local evaluation=eval
   while (($#)); do
     case "$1" in
       --exe) exe="${2?}"; shift 2 ;;
       --image) image="${2?}"; shift 2 ;;
       --server-dir) server_dir="${2?}"; shift 2 ;;
       --bind) binds+=(--bind "${2?}"); shift 2 ;;
-      --singularity-arg) extra+=("${2?}"); shift 2 ;;
+      --singularity-arg)
+        extra+=("${2?}")
+        [[ "$2" =~ ^--no-eval(=(1|t|T|true|TRUE|True))?$ ]] && evaluation=no-eval
+        shift 2
+        ;;
       --port-range) port_range="${2?}"; shift 2 ;;
       --timeout) timeout="${2?}"; shift 2 ;;
       -h | --help) usage; exit 0 ;;
@@ -148,11 +179,12 @@ main() {
   local log="${server_dir}/server.log" pidfile="${server_dir}/server.pid"
   [[ "${log}" == /* ]] || log="${HOME}/${log}"
 
-  local attempt port pid start deadline
+  local attempt port pid start deadline seen next_look now
   for ((attempt = 1; attempt <= MAX_ATTEMPTS; attempt++)); do
     port=$(pick_port "${low}" "${high}") \
       || die "${RSS_EXIT_NO_FREE_PORT}" "no free port in ${port_range}"
     export JUPYTERHUB_SERVICE_URL="${url_head}:${port}${url_tail}"
+    export_for_container "${evaluation}"
     : >"${log}"
     # setsid makes the server a session and process-group leader: its PID
     # is the group to signal, and it survives the end of this SSH session.
@@ -162,10 +194,19 @@ main() {
     start=""
     if proc_stat "${pid}"; then start=${PROC_START}; fi
     deadline=$((SECONDS + timeout))
+    seen=""
+    next_look=0
     while is_alive "${pid}" "${start}" && ! is_listening "${port}"; do
+      # Twice a second, note what the server started: a helper in a session
+      # of its own is found by nothing else once the server died.
+      now=${EPOCHREALTIME/./}
+      if ((now >= next_look)); then
+        seen+=$(descendants "${pid}")$'\n'
+        next_look=$((now + 500000))
+      fi
       if ((SECONDS >= deadline)); then
         # Leave nothing of the failed start behind (same ladder as stop.sh).
-        stop_server "${pid}" "${start}" 2 2 || true
+        stop_server "${pid}" "${start}" 2 2 "${seen}" || true
         log_tail "${log}"
         die "${RSS_EXIT_START_TIMEOUT}" "the server did not listen on port ${port} within ${timeout}s"
       fi
@@ -177,6 +218,9 @@ main() {
         "${pid}" "${start}" "${port}" "$(json_str "${log}")"
       return 0
     fi
+    # The server died: end what it left behind (its process group, the
+    # helpers seen above), or a failed start leaves processes on the node.
+    stop_server "${pid}" "${start}" 2 2 "${seen}" || true
     local status=0
     wait "${pid}" || status=$?
     if grep -qiE 'address already in use|port [0-9]+ is already in use' -- "${log}"; then

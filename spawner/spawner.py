@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import inspect
 import os
 import re
 import threading
@@ -212,6 +213,15 @@ class RemoteSingularitySpawner(Spawner):
         editing them) and a changed script is uploaded as a new version.""",
     ).tag(config=True)
 
+    node_scripts_dir = Unicode(
+        "/opt/remote-singularity-spawner/scripts",
+        help="""Node-wide directory of the scripts that `invoke deploy` installs, one
+        subdirectory per scripts version. When this version is there and it, its parents and
+        its files belong to root and are writable by nobody else, servers run the scripts from
+        it and nothing is uploaded to the users' homes; otherwise the scripts are uploaded per
+        user as usual. Empty: always upload per user.""",
+    ).tag(config=True)
+
     port_range = Tuple(
         Integer(),
         Integer(),
@@ -269,8 +279,13 @@ class RemoteSingularitySpawner(Spawner):
     scripts_version = Unicode("")
     log_path = Unicode("")
     login = Unicode("")
+    # internal_ssl: the directory on the node holding the server's key, certificate and CA.
+    certs_dir = Unicode("")
 
-    _state_fields = ("node", "address", "port", "pid", "start_time", "scripts_version", "log_path", "login")
+    _state_fields = (
+        "node", "address", "port", "pid", "start_time", "scripts_version", "log_path", "login",
+        "certs_dir",
+    )  # fmt: skip
 
     def get_state(self):
         state = super().get_state()
@@ -296,6 +311,8 @@ class RemoteSingularitySpawner(Spawner):
 
     _unreachable_since: float | None = None
     _starting = False
+    # internal_ssl: (hub-side paths, contents) read by create_certs for move_certs.
+    _new_certs: tuple[dict, dict[str, bytes]] | None = None
 
     async def _in_thread(self, func, *args):
         loop = asyncio.get_running_loop()
@@ -354,11 +371,9 @@ class RemoteSingularitySpawner(Spawner):
 
     def _run_script(self, target, script, args, stdin="") -> remote.Reply:
         """Blocking: connect, make sure the scripts are there, run one of them."""
-        bundle = _load_bundle(self._scripts_dir())
-        pool = _get_pool(self.ssh_idle_timeout, self.ssh_keepalive_interval)
-        with remote.NodeSession(target, bundle, self.remote_state_dir, self.log, pool) as session:
+        with self._session(target) as session:
             reply = session.run(script, args, stdin)
-        reply.data.setdefault("scripts_version", bundle.version)
+        reply.data.setdefault("scripts_version", session.bundle.version)
         return reply
 
     def _fail(self, message: str, reason: str) -> SpawnException:
@@ -371,6 +386,11 @@ class RemoteSingularitySpawner(Spawner):
         self._starting = True
         try:
             return await self._start()
+        except Exception:
+            # A server that did not start needs no certificates (the Hub
+            # calls stop() only for a server that poll() says is running).
+            await self._remove_certs(*self._certs_location())
+            raise
         finally:
             self._starting = False
 
@@ -476,6 +496,8 @@ class RemoteSingularitySpawner(Spawner):
         return (node.address, self.port)
 
     async def _stop_late_start(self, future, target):
+        # The Hub clears the state before this is done: remember where the certificates are.
+        certs = self._certs_location()
         try:
             reply = await future
             pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
@@ -486,6 +508,7 @@ class RemoteSingularitySpawner(Spawner):
                 )
         except remote.RemoteError as e:
             self.log.error("Could not clean up the late start of %s: %s", self._log_name, e)
+        await self._remove_certs(*certs)
 
     def _stop_args(self, pid, start_time) -> list[str]:
         return [
@@ -512,6 +535,8 @@ class RemoteSingularitySpawner(Spawner):
             return None
         if reply.exit_code == remote.ExitCode.NOT_RUNNING:
             self.log.info("%s on %s is no longer running", self._log_name, self.node)
+            # The Hub calls stop() only for a running server: clean up here.
+            await self._remove_certs(*self._certs_location())
             return 0
         return self._unreachable(
             remote.RemoteError(f"check_pid.sh failed (exit code {reply.exit_code}): {reply.stderr}")
@@ -558,6 +583,113 @@ class RemoteSingularitySpawner(Spawner):
             "Stopped %s on %s (%s)", self._log_name, self.node, reply.data.get("signal", "?")
         )
         self.pid = 0
+        await self._remove_certs(*self._certs_location())
+
+    # --- internal_ssl ------------------------------------------------------------
+
+    async def create_certs(self):
+        """Create the server's certificate, naming the chosen node too.
+
+        JupyterHub calls this (with ``c.JupyterHub.internal_ssl``) after the
+        user's options are applied and before ``start()``: the node is already
+        chosen, and the Hub and the proxy will check the certificate against
+        the node's address.
+        """
+        node, _ = await self.check_options(self.user_options)
+        configured = self.ssl_alt_names
+        names = configured(self) if callable(configured) else configured
+        if inspect.isawaitable(names):
+            names = await names
+        self.ssl_alt_names = [*names, *node_alt_names(node)]
+        try:
+            paths = await super().create_certs()
+        finally:
+            self.ssl_alt_names = configured
+        # Read them now: the Hub writes every server of a user to the same
+        # files, and another spawn of this user may rewrite them before
+        # move_certs runs. (Three small local files, as the Hub just wrote.)
+        self._new_certs = (paths, _read_cert_files(paths))
+        return paths
+
+    async def move_certs(self, paths):
+        """Copy the key, certificate and CA to the node; return their paths there.
+
+        They go to ``<server dir>/certs/`` under the user's home (0600 files
+        in a 0700 directory) and are removed when the server stops or fails
+        to start.
+        """
+        if self._new_certs is not None and self._new_certs[0] == paths:
+            files = self._new_certs[1]
+        else:
+            files = await self._in_thread(_read_cert_files, paths)
+        self._new_certs = None
+        node, _ = await self.check_options(self.user_options)
+        try:
+            login = self._login_name()
+        except OptionsError as e:
+            raise self._fail(f"Cannot start your server: {e}", reason="options") from None
+        target = self._target(node.address, login)
+        try:
+            certs_dir = await self._in_thread(self._put_certs, target, f"{self._server_dir()}/certs", files)
+        except remote.RemoteError as e:
+            raise self._fail(f"Cannot copy the TLS certificates to {node.label}: {e}", reason="ssh") from None
+        # Where stop() and a failed start find them (start() sets the same node again).
+        self.node, self.address, self.login, self.certs_dir = node.label, node.address, login, certs_dir
+        return {key: f"{self.certs_dir}/{name}" for key, name in CERT_FILES.items()}
+
+    def _certs_location(self) -> tuple[remote.Target | None, str]:
+        if not (self.certs_dir and self.address and self.login):
+            return None, ""
+        return self._target(self.address, self.login), self.certs_dir
+
+    async def _remove_certs(self, target: remote.Target | None, certs_dir: str) -> None:
+        if target is None or not certs_dir:
+            return
+        try:
+            await self._in_thread(self._drop_certs, target, certs_dir)
+        except remote.RemoteError as e:
+            self.log.warning(
+                "Could not remove the TLS certificates of %s (%s:%s): %s",
+                self._log_name,
+                target.host,
+                certs_dir,
+                e,
+            )
+            return
+        if self.certs_dir == certs_dir:
+            self.certs_dir = ""
+
+    def _session(self, target: remote.Target) -> remote.NodeSession:
+        bundle = _load_bundle(self._scripts_dir())
+        pool = _get_pool(self.ssh_idle_timeout, self.ssh_keepalive_interval)
+        return remote.NodeSession(
+            target, bundle, self.remote_state_dir, self.log, pool, node_dir=self.node_scripts_dir
+        )
+
+    def _put_certs(self, target: remote.Target, certs_dir: str, files: dict[str, bytes]) -> str:
+        """Blocking: upload the certificate files; their absolute directory on the node."""
+        with self._session(target) as session:
+            return session.put_private(certs_dir, files)
+
+    def _drop_certs(self, target: remote.Target, certs_dir: str) -> None:
+        with self._session(target) as session:
+            session.remove_private(certs_dir)
+
+
+# internal_ssl: the key of cert_paths -> the file's name on the node.
+CERT_FILES = {"keyfile": "server.key", "certfile": "server.crt", "cafile": "ca.crt"}
+
+
+def _read_cert_files(paths: dict) -> dict[str, bytes]:
+    return {name: Path(paths[key]).read_bytes() for key, name in CERT_FILES.items()}
+
+
+def node_alt_names(node: Node) -> list[str]:
+    """The subjectAltName entries naming *node*: its address, and its name if it has one."""
+    names = [f"IP:{node.address}"]
+    if node.label != node.address:
+        names.append(f"DNS:{node.label}")
+    return names
 
 
 async def _apply_user_options(spawner: RemoteSingularitySpawner, user_options) -> None:

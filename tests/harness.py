@@ -26,7 +26,7 @@ c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {public_port}
 c.JupyterHub.hub_ip = "{hub_ip}"
 c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.api_url = "{proxy_api_scheme}://127.0.0.1:{proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = "{workdir}/proxy.pid"
 c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
@@ -52,6 +52,14 @@ c.RemoteSingularitySpawner.singularity_container_path = "{image}"
 {extra}
 """
 
+# Every hop behind the proxy's public side over TLS, with certificates the
+# Hub makes in its workdir; the servers reach the Hub on hub_ip.
+INTERNAL_SSL_CONFIG = """\
+c.JupyterHub.internal_ssl = True
+c.JupyterHub.internal_certs_location = "{workdir}/internal-ssl"
+c.JupyterHub.trusted_alt_names = ["IP:{hub_ip}"]
+"""
+
 
 @dataclass
 class Hub:
@@ -68,6 +76,7 @@ class Hub:
     log_level: str = "DEBUG"
     cleanup_servers: bool = True
     extra_config: str = ""
+    internal_ssl: bool = False
     password: str = field(default_factory=lambda: secrets.token_urlsafe(8))
     service_token: str = field(default_factory=lambda: secrets.token_hex(24))
     process: subprocess.Popen | None = None
@@ -80,13 +89,22 @@ class Hub:
     def log_path(self) -> Path:
         return self.workdir / "jupyterhub.log"
 
+    @property
+    def certs_dir(self) -> Path:
+        """With internal_ssl: the Hub's certificate authorities and certificates."""
+        return self.workdir / "internal-ssl"
+
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
         path = self.workdir / "jupyterhub_config.py"
+        tls = ""
+        if self.internal_ssl:
+            tls = INTERNAL_SSL_CONFIG.format(workdir=self.workdir, hub_ip=self.hub_ip)
         path.write_text(
             CONFIG_TEMPLATE.format(
                 workdir=self.workdir,
+                proxy_api_scheme="https" if self.internal_ssl else "http",
                 hub_ip=self.hub_ip,
                 public_port=self.public_port,
                 hub_port=self.hub_port,
@@ -98,7 +116,7 @@ class Hub:
                 nodelist=self.nodelist,
                 singularity=self.singularity,
                 image=self.image,
-                extra=self.extra_config,
+                extra=tls + self.extra_config,
             )
         )
         return path

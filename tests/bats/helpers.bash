@@ -40,7 +40,7 @@ hub_env() {
 start_server() {
   local -a extra=("$@")
   hub_env "${HUB_ENV_EXTRA[@]}" | bash "${SCRIPTS}/start_singleuser.sh" \
-    --exe singularity --image "${IMAGE}" --server-dir "${SERVER_DIR}" --timeout 20 \
+    --exe "${EXE:-singularity}" --image "${IMAGE}" --server-dir "${SERVER_DIR}" --timeout 20 \
     "${extra[@]}" -- fake-singleuser
 }
 

@@ -250,6 +250,14 @@ bwrap_usable() {
     [[ $output != *FOO=* ]]
 }
 
+@test "--cleanenv and --containall still set the SINGULARITYENV_/APPTAINERENV_ variables" {
+    FOO=host SINGULARITYENV_FOO=prefixed run -0 "$SING" exec --cleanenv "$IMG" printenv FOO
+    [ "$output" = prefixed ]
+    FOO=host APPTAINERENV_FOO=prefixed run -0 "$APPT" exec --containall "$IMG" printenv FOO
+    [ "$output" = prefixed ]
+    FOO=host run -1 "$SING" exec --cleanenv "$IMG" printenv FOO
+}
+
 @test "precedence: host < image %environment < SINGULARITYENV_ < --env-file < --env" {
     "$BIN/make-fake-image" "$IMG" A=image B=image C=image D=image
     printf 'export C=file\nD=file\n' >env.file

@@ -48,6 +48,61 @@ teardown() { common_teardown; }
   [ "$(py JUPYTERHUB_SERVICE_URL)" = "http://127.0.0.1:${PORT}/user/alice/" ]
 }
 
+# The server's environment as the server sees it: server_env KEY prints one value.
+fetch_server_env() {
+  run curl -fsS "http://127.0.0.1:${PORT}/env"
+  [ "${status}" -eq 0 ]
+  SERVER_ENV="${output}"
+}
+server_env() {
+  python3 -c 'import json,sys; e=json.loads(sys.argv[1]); print(e.get(sys.argv[2], "<unset>"), end="")' \
+    "${SERVER_ENV}" "$1"
+}
+
+@test "with --cleanenv or --containall the Hub's environment still reaches the server literally" {
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b' $'MULTI=line1\nline2' 'KEEP_ME=yes')
+  for flag in --cleanenv --containall; do
+    start_ok --singularity-arg "${flag}"
+    fetch_server_env
+    [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+    [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
+    [ "$(server_env MULTI)" = $'line1\nline2' ]
+    [ "$(server_env JUPYTERHUB_SERVICE_URL)" = "http://127.0.0.1:${PORT}/user/alice/" ]
+    [ "$(server_env LANG)" = C ]   # --cleanenv did apply
+    kill -TERM -- "-${PID}"
+  done
+}
+
+@test "apptainer: the same with APPTAINERENV_, and no warning about differing variables" {
+  mkdir -p "${BATS_TEST_TMPDIR}/bin"
+  ln -s "${TEST_BIN}/singularity" "${BATS_TEST_TMPDIR}/bin/apptainer"
+  PATH="${BATS_TEST_TMPDIR}/bin:${PATH}"
+  EXE=apptainer
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b')
+  start_ok --singularity-arg --cleanenv
+  grep -q 'Apptainer runtime parent' "/proc/${PID}/cmdline"
+  fetch_server_env
+  [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+  [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
+  ! grep -q 'WARNING' "${HOME}/${SERVER_DIR}/server.log"
+}
+
+@test "with --no-eval the values are passed unescaped and still arrive literally" {
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b')
+  start_ok --singularity-arg --no-eval --singularity-arg --cleanenv
+  fetch_server_env
+  [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
+  [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+}
+
+@test "the Hub's variables win over the image's %environment" {
+  "${TEST_BIN}/make-fake-image" "${IMAGE}" \
+    "PATH=${TEST_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "JUPYTERHUB_API_TOKEN=from-image"
+  start_ok
+  fetch_server_env
+  [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+}
+
 @test "the API token is in no process's argv and not in the log" {
   start_ok
   ! grep -aqF -- "${TOKEN}" /proc/[0-9]*/cmdline
@@ -132,6 +187,20 @@ hub_env_start_with_image() {
   [[ "${stderr}" == *"did not listen"* ]]
   sleep 0.5
   ! pgrep -f "sleep 1000"
+}
+
+@test "a server that dies during start leaves none of its helpers behind: exit 4" {
+  # Unique durations: other runs on this machine may have sleeps of their own.
+  local group="1${RANDOM}.5" session="2${RANDOM}.5"
+  run --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+    --exe singularity --image '${IMAGE}' --server-dir x --timeout 20 \
+    -- bash -c 'sleep ${group} & setsid sleep ${session} & sleep 1.5; echo crashed >&2; exit 3'"
+  local left
+  left=$(pgrep -f "sleep (${group}|${session})" -U "$(id -u)" || true)
+  pkill -KILL -f "sleep (${group}|${session})" -U "$(id -u)" 2>/dev/null || true
+  [ "${status}" -eq 4 ]
+  [[ "${stderr}" == *"crashed"* ]]
+  [ -z "${left}" ]
 }
 
 @test "usage errors exit 64 with a message" {

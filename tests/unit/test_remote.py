@@ -165,7 +165,7 @@ class Opener:
 def session(pool, target, bundle=None):
     bundle = bundle or remote.ScriptBundle(files={}, version="v1")
     s = remote.NodeSession(target, bundle, ".rss", pool=pool)
-    remote.NodeSession._uploaded.add((target.host, target.username, s.script_dir))
+    remote.NodeSession._found[(target.host, target.username, s.user_dir, "")] = s.user_dir
     return s
 
 
@@ -296,3 +296,20 @@ def test_a_command_without_input_gets_no_stdin_to_close():
         s.run("check_pid.sh", ["--pid", "1"])
         s.run("start_singleuser.sh", [], stdin="A=1\0")
     assert opener.connections[0].stdins == [False, "A=1\0"]
+
+
+def test_refused_login_names_the_key_used_and_what_to_fix(tmp_path, monkeypatch):
+    path = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+    def refuse(self):
+        raise paramiko.AuthenticationException("Authentication failed.")
+
+    monkeypatch.setattr(remote.fabric.Connection, "open", refuse)
+    target = remote.Target(
+        host="10.0.0.9", username="alice", key_files=(str(tmp_path / "none"), str(path)), known_hosts_files=()
+    )
+    with pytest.raises(remote.IdentityError) as e:
+        remote.connect(target)
+    assert f"login as alice@10.0.0.9:22 with the key {path} refused" in str(e.value)
+    assert f"add {path}.pub to ~alice/.ssh/authorized_keys" in str(e.value)
