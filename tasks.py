@@ -5,7 +5,10 @@
     invoke lint            ruff, shellcheck, and that docs/configuration.md is up to date
     invoke docs            write docs/configuration.md from the traits' help
     invoke demo            a Hub on http://127.0.0.1:8000 on the local two-node cluster
+    invoke bench           this spawner against LocalProcessSpawner (invoke bench --help)
     invoke cluster up|down|status
+    invoke check  --hosts a,b | --config jupyterhub_config.py   inspect the compute nodes
+    invoke deploy --hosts a,b | --config jupyterhub_config.py [--dry-run]   and install the scripts
 
 The end-to-end tests and the demo build a local emulated cluster (network
 and PID namespaces, one sshd per node, test users): they need root.
@@ -184,3 +187,102 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False):
         else:
             cl.down(keep_venv=True)
             print("Demo stopped; the cluster is down.")
+
+
+_NODE_HELP = {
+    "hosts": "the nodes, comma separated: names, name:ip or :ip (default: the config's nodelist)",
+    "config": "a jupyterhub_config.py: nodelist, singularity_exe_path, singularity_container_path, "
+    "node_scripts_dir, scripts_dir, known_hosts_files, ssh_port",
+    "user": "log in to the nodes as this user (default root: the node-wide files must be root's)",
+    "key": "private key(s) for that login, comma separated (default ~/.ssh/id_ed25519, id_ecdsa, id_rsa)",
+    "known_hosts": "extra known_hosts file(s), comma separated (always: /etc/ssh/ssh_known_hosts, "
+    "~/.ssh/known_hosts and the config's)",
+    "image": "the image path on the nodes (default: the config's singularity_container_path)",
+    "exe": "the runtime on the nodes (default: the config's singularity_exe_path)",
+    "node_scripts_dir": "the node-wide scripts directory (default: the config's, or the spawner's default)",
+    "timeout": "seconds to wait for each node's sshd",
+}
+
+
+def _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout,
+                change=False, dry_run=False):  # fmt: skip
+    from remotesingularityspawner import deploy  # noqa: PLC0415 - keeps `invoke --list` fast
+
+    split = [p for p in known_hosts.split(",") if p]
+    try:
+        hub_config = deploy.read_hub_config(config) if config else {}
+        settings, warnings = deploy.make_settings(
+            hub_config, hosts=hosts, exe=exe, image=image, node_scripts_dir=node_scripts_dir,
+            known_hosts=split,
+        )  # fmt: skip
+    except deploy.DeployError as e:
+        raise Exit(f"error: {e}") from None
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    keys = [k for k in key.split(",") if k] or deploy.default_key_files()
+    reports, bundle = deploy.run(
+        settings, user, keys, change=change, dry_run=dry_run, connect_timeout=timeout
+    )
+    action = " (dry run: nothing changed)" if dry_run else ""
+    print(f"scripts version {bundle.version} in {settings.node_scripts_dir}/{bundle.version}{action}")
+    print(f"image {settings.image}, runtime {settings.exe}\n")
+    print(deploy.format_table(reports))
+    unfit = [r.node.label for r in reports if not r.fit]
+    if unfit:
+        raise Exit(f"\nnot fit for servers: {', '.join(unfit)}", code=1)
+
+
+@task(help=_NODE_HELP)
+def check(c, hosts="", config="", user="root", key="", known_hosts="", image="", exe="",
+          node_scripts_dir="", timeout=10):  # fmt: skip
+    """Inspect each compute node over SSH and print a table; change nothing.
+
+    Per node: SSH login (host key verified), the runtime and its version, the
+    image, the node-wide scripts. Exits 1 if any node is unfit for servers.
+    """
+    _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout)
+
+
+@task(help={**_NODE_HELP, "dry_run": "only show what would be installed"})
+def deploy(c, hosts="", config="", user="root", key="", known_hosts="", image="", exe="",
+           node_scripts_dir="", timeout=10, dry_run=False):  # fmt: skip
+    """Check each compute node and install the scripts into its node-wide directory.
+
+    Installs this version of the scripts into NODE_SCRIPTS_DIR/<version>
+    (root-owned, 0755/0644), which the spawner then uses instead of uploading
+    a copy per user. Idempotent: a node that has it is left alone. Prints the
+    table of `invoke check`; exits 1 if any node is unfit for servers.
+    """
+    _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout,
+                change=True, dry_run=dry_run)  # fmt: skip
+
+
+@task(
+    help={
+        "n": "running servers for the poll round, the restart and the memory figure (default 48)",
+        "spawns": "spawns one at a time for the latency figures (default 10)",
+        "storm": "concurrent spawns in the storm (default 24)",
+        "json": "where to write the results (default bench-results/bench.json)",
+        "quick": "a short smoke run (6 servers, 3 spawns, a storm of 4); the numbers mean little",
+    }
+)
+def bench(c, n=48, spawns=10, storm=24, json="bench-results/bench.json", quick=False):
+    """Measure this spawner against LocalProcessSpawner on the local test cluster (as root).
+
+    Prints one table (spawn latency, poll round, Hub restart, a spawn storm, Hub
+    memory) and writes it with every raw figure as JSON. Holds the test cluster
+    for the whole run (about 5 minutes; --quick about 1).
+    """
+    _require_root("the benchmark")
+    _require("configurable-http-proxy", "npm install -g configurable-http-proxy (or run .ci/setup)")
+    _cluster()
+    import bench as bench_mod  # noqa: PLC0415 - tests/ is not a package
+
+    settings = (
+        bench_mod.Settings.quick() if quick else bench_mod.Settings(servers=n, spawns=spawns, storm=storm)
+    )
+    with c.cd(str(ROOT)):
+        # Measure what `pip install` gives a hub admin, as the tests do.
+        c.run(f"{sys.executable} -m pip install --quiet --no-deps --force-reinstall .", hide="out")
+    command = "invoke bench" + (" --quick" if quick else f" -n {n} --spawns {spawns} --storm {storm}")
+    bench_mod.run(settings, ROOT / json, command)

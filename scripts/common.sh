@@ -151,15 +151,17 @@ wait_gone() {
 # too), wait KILL_TIMEOUT. A PID now used by another process (different
 # start time) is left alone. Sets STOP_SIGNAL (none, TERM or KILL) and,
 # if something survived, STOP_SURVIVORS and returns 1.
-# Arguments: pid, start time, term timeout, kill timeout
+# Arguments: pid, start time, term timeout, kill timeout, [descendants seen
+#   earlier, "PID START" lines: found even after the server died and they
+#   were reparented]
 #######################################
 stop_server() {
   local pid="$1" start="$2" other other_start
   STOP_SIGNAL=none
   STOP_SURVIVORS=""
-  STOP_DESCENDANTS=""
+  STOP_DESCENDANTS="${5:-}"
   if is_alive "${pid}" "${start}"; then
-    STOP_DESCENDANTS=$(descendants "${pid}")
+    STOP_DESCENDANTS+=$'\n'$(descendants "${pid}")
   elif proc_stat "${pid}" && [[ "${PROC_STATE}" != [ZX] ]]; then
     # The PID was reused: the server is gone, and so is its group (the
     # kernel does not reuse a PID that is still some group's ID).

@@ -179,7 +179,7 @@ main() {
   local log="${server_dir}/server.log" pidfile="${server_dir}/server.pid"
   [[ "${log}" == /* ]] || log="${HOME}/${log}"
 
-  local attempt port pid start deadline
+  local attempt port pid start deadline seen next_look now
   for ((attempt = 1; attempt <= MAX_ATTEMPTS; attempt++)); do
     port=$(pick_port "${low}" "${high}") \
       || die "${RSS_EXIT_NO_FREE_PORT}" "no free port in ${port_range}"
@@ -194,10 +194,19 @@ main() {
     start=""
     if proc_stat "${pid}"; then start=${PROC_START}; fi
     deadline=$((SECONDS + timeout))
+    seen=""
+    next_look=0
     while is_alive "${pid}" "${start}" && ! is_listening "${port}"; do
+      # Twice a second, note what the server started: a helper in a session
+      # of its own is found by nothing else once the server died.
+      now=${EPOCHREALTIME/./}
+      if ((now >= next_look)); then
+        seen+=$(descendants "${pid}")$'\n'
+        next_look=$((now + 500000))
+      fi
       if ((SECONDS >= deadline)); then
         # Leave nothing of the failed start behind (same ladder as stop.sh).
-        stop_server "${pid}" "${start}" 2 2 || true
+        stop_server "${pid}" "${start}" 2 2 "${seen}" || true
         log_tail "${log}"
         die "${RSS_EXIT_START_TIMEOUT}" "the server did not listen on port ${port} within ${timeout}s"
       fi
@@ -209,6 +218,9 @@ main() {
         "${pid}" "${start}" "${port}" "$(json_str "${log}")"
       return 0
     fi
+    # The server died: end what it left behind (its process group, the
+    # helpers seen above), or a failed start leaves processes on the node.
+    stop_server "${pid}" "${start}" 2 2 "${seen}" || true
     local status=0
     wait "${pid}" || status=$?
     if grep -qiE 'address already in use|port [0-9]+ is already in use' -- "${log}"; then

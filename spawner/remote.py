@@ -149,7 +149,7 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
             f"the host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
             f"known_hosts: refusing to connect. If it is the node's real key, add it to "
             "/etc/ssh/ssh_known_hosts (e.g. `ssh-keyscan` on a trusted path, then compare "
-            "the fingerprint) or run `invoke deploy`."
+            "the fingerprint); `invoke check` then shows every node it can reach."
         )
 
 
@@ -249,7 +249,7 @@ def probe_port(host: str, port: int, timeout: float) -> bool | None:
         return None
 
 
-def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:
+def _mkdirs(sftp: paramiko.SFTPClient, path: str, mode: int = 0o700) -> None:
     parts = [p for p in path.split("/") if p]
     current = "/" if path.startswith("/") else ""
     for part in parts:
@@ -258,7 +258,7 @@ def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:
             sftp.stat(current)
         except FileNotFoundError:
             try:
-                sftp.mkdir(current, 0o700)
+                sftp.mkdir(current, mode)
             except OSError:
                 # Another spawn of the same user may have made it meanwhile.
                 if not stat.S_ISDIR(sftp.stat(current).st_mode):
@@ -266,9 +266,18 @@ def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:
 
 
 def upload_scripts(
-    conn: fabric.Connection, bundle: ScriptBundle, remote_dir: str, log: logging.Logger = default_log
+    conn: fabric.Connection,
+    bundle: ScriptBundle,
+    remote_dir: str,
+    log: logging.Logger = default_log,
+    mode: int = 0o700,
 ) -> None:
-    """Put *bundle* into *remote_dir* unless it is there; atomic against races."""
+    """Put *bundle* into *remote_dir* unless it is there; atomic against races.
+
+    The directories get *mode* (0700 for a user's own copy, 0755 for the
+    node-wide one), the files the same without execute bits: they run as
+    ``bash FILE``.
+    """
     sftp = conn.sftp()
     try:
         sftp.stat(f"{remote_dir}/{SCRIPT_FILES[-1]}")
@@ -276,12 +285,13 @@ def upload_scripts(
     except FileNotFoundError:
         pass
     parent = remote_dir.rsplit("/", 1)[0]
-    _mkdirs(sftp, parent)
+    _mkdirs(sftp, parent, mode)
     staging = f"{remote_dir}.tmp-{secrets.token_hex(4)}"
-    sftp.mkdir(staging, 0o700)
+    sftp.mkdir(staging, mode)
+    sftp.chmod(staging, mode)  # whatever the sftp server's umask
     for name, data in bundle.files.items():
         with sftp.open(f"{staging}/{name}", "wb") as f:
-            f.chmod(0o600)  # run as `bash FILE`: no execute bit needed
+            f.chmod(mode & 0o666)
             f.write(data)
     try:
         sftp.rename(staging, remote_dir)
@@ -292,7 +302,33 @@ def upload_scripts(
         sftp.rmdir(staging)
         if not stat.S_ISDIR(sftp.stat(remote_dir).st_mode):
             raise
+        return
     log.info("uploaded scripts version %s to %s:%s", bundle.version, conn.host, remote_dir)
+
+
+def untrusted_because(sftp: paramiko.SFTPClient, directory: str) -> str:
+    """Why the node-wide scripts in *directory* may not be used ("" if they may).
+
+    They may when every script is there and the files, the directory and each
+    directory above it belong to root and are not writable by group or others:
+    then no user can change what another user's server runs. The same rule as
+    scripts/check_node.sh.
+    """
+    paths = [f"{directory}/{name}" for name in SCRIPT_FILES]
+    parent = directory
+    while parent not in ("", "/"):
+        paths.append(parent)
+        parent = parent.rsplit("/", 1)[0]
+    for path in paths:
+        try:
+            st = sftp.stat(path)
+        except FileNotFoundError:
+            return f"{path} does not exist"
+        if st.st_uid != 0:
+            return f"{path} is owned by uid {st.st_uid}, not root"
+        if st.st_mode & 0o022:
+            return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return ""
 
 
 def put_private_files(sftp: paramiko.SFTPClient, directory: str, files: Mapping[str, bytes]) -> str:
@@ -345,6 +381,19 @@ class _Payload(io.StringIO):
         return super().read()
 
 
+def _stdin_for(data: str) -> _Payload | bool:
+    """What to hand Invoke as the command's stdin: *data*, or none at all.
+
+    Invoke sends EOF once it has read its stream, possibly after a quick
+    command has finished and its channel is closed. paramiko still sends that
+    EOF, and sshd answers an EOF for a channel it no longer has by dropping
+    the whole connection, with every other command running on it. So a
+    command without input gets no stdin (hence no EOF), and one with input
+    (start_singleuser.sh) reads it to the end before it can exit.
+    """
+    return _Payload(data) if data else False
+
+
 def env_payload(env: Mapping[str, str]) -> str:
     """Encode *env* as NUL-separated ``KEY=VALUE`` records."""
     records = []
@@ -368,6 +417,18 @@ def parse_reply(exit_code: int, stdout: str, stderr: str) -> Reply:
         if not isinstance(data, dict):
             data = {}
     return Reply(exit_code=exit_code, data=data, stderr=stderr.strip())
+
+
+def run_command(
+    conn: fabric.Connection, command: str, stdin: str = "", timeout: float | None = None
+) -> Reply:
+    """Run *command* (built with :func:`shlex.join`) on *conn*, *stdin* on its channel.
+
+    timeout: seconds to wait for it (invoke.CommandTimedOut after that); None waits for ever.
+    """
+    limit = {} if timeout is None else {"timeout": timeout}
+    result = conn.run(command, in_stream=_stdin_for(stdin), **limit)
+    return parse_reply(result.exited, result.stdout, result.stderr)
 
 
 class _Pooled:
@@ -486,6 +547,8 @@ def _close_quietly(conn: fabric.Connection) -> None:
         conn.close()
 
 
+# Before this script, a node-wide copy not found earlier is looked for again.
+RECHECK_SCRIPT = "start_singleuser.sh"
 # Scripts safe to run a second time when the connection broke under them.
 IDEMPOTENT_SCRIPTS = frozenset({"check_pid.sh", "stop.sh"})
 
@@ -493,12 +556,15 @@ IDEMPOTENT_SCRIPTS = frozenset({"check_pid.sh", "stop.sh"})
 class NodeSession:
     """Run the scripts of one version on a node, over a pooled connection.
 
-    Use as a context manager; without a pool, a connection of its own is
-    opened and closed.
+    The scripts run from the node-wide copy that ``invoke deploy`` installs
+    (``{node_dir}/{version}``, root-owned) when it is there and safe, else
+    from the user's own copy (``{base_dir}/scripts/{version}``), uploaded
+    when missing. Use as a context manager; without a pool, a connection of
+    its own is opened and closed.
     """
 
-    # Script versions known to be on (host, user, directory): skip the check.
-    _uploaded: set[tuple[str, str, str]] = set()
+    # Where the scripts of a version were found on (host, user, user dir, node dir): skip the check.
+    _found: dict[tuple[str, str, str, str], str] = {}
 
     def __init__(
         self,
@@ -507,11 +573,14 @@ class NodeSession:
         base_dir: str,
         log: logging.Logger = default_log,
         pool: ConnectionPool | None = None,
+        node_dir: str = "",
     ) -> None:
         self.target = target
         self.log = log
         self.bundle = bundle
-        self.script_dir = f"{base_dir}/scripts/{bundle.version}"
+        self.user_dir = f"{base_dir}/scripts/{bundle.version}"
+        self.node_dir = f"{node_dir.rstrip('/')}/{bundle.version}" if node_dir else ""
+        self.script_dir = self.user_dir
         self.pool = pool if pool is not None else ConnectionPool(idle_timeout=0, keepalive=0)
         self._own_pool = pool is None
         self._entry: _Pooled | None = None
@@ -555,23 +624,34 @@ class NodeSession:
             raise
 
     def _run_checked(self, script: str, args: list[str], stdin: str, timeout: float | None) -> Reply:
-        key = (self.target.host, self.target.username, self.script_dir)
-        if key not in self._uploaded:
-            self._upload()
+        key = (self.target.host, self.target.username, self.user_dir, self.node_dir)
+        found = self._found.get(key)
+        if found is None or (script == RECHECK_SCRIPT and found != self.node_dir and self.node_dir):
+            # A start looks for the node-wide copy again: one deployed since is used at once.
+            found = self._prepare(key)
+        self.script_dir = found
         reply = self._run(script, args, stdin, timeout)
         if reply.exit_code == _EXIT_NO_SUCH_FILE and self.script_dir in reply.stderr:
-            # Someone removed the uploaded copy since we last looked.
-            self._uploaded.discard(key)
-            self._upload()
+            # Someone removed that copy since we last looked.
+            self._found.pop(key, None)
+            self.script_dir = self._prepare(key)
             reply = self._run(script, args, stdin, timeout)
         return reply
 
-    def _upload(self) -> None:
-        self._sftp(
-            f"upload the scripts to {self.target.host}:{self.script_dir}",
-            lambda _: upload_scripts(self._entry.conn, self.bundle, self.script_dir, self.log),
-        )
-        self._uploaded.add((self.target.host, self.target.username, self.script_dir))
+    def _prepare(self, key: tuple[str, str, str, str]) -> str:
+        """Use the node-wide scripts if they are fit, else upload the user's copy if missing."""
+
+        def choose(sftp: paramiko.SFTPClient) -> str:
+            why_not = untrusted_because(sftp, self.node_dir) if self.node_dir else "not configured"
+            if not why_not:
+                return self.node_dir
+            self.log.debug("node-wide scripts not used on %s: %s", self.target.host, why_not)
+            upload_scripts(self._entry.conn, self.bundle, self.user_dir, self.log)
+            return self.user_dir
+
+        where = self._sftp(f"upload the scripts to {self.target.host}:{self.user_dir}", choose)
+        self._found[key] = where
+        return where
 
     def put_private(self, directory: str, files: Mapping[str, bytes]) -> str:
         """Put *files* into *directory* on the node (0600 in 0700); its absolute path."""
@@ -608,11 +688,10 @@ class NodeSession:
                 # Fabric would silently log in again, racing other threads: let the pool do it.
                 raise EOFError("the connection was closed")
             with entry.sessions:
-                result = entry.conn.run(command, in_stream=_Payload(stdin), timeout=timeout)
+                return run_command(entry.conn, command, stdin, timeout)
         except invoke.CommandTimedOut:
             raise ConnectError(f"{self.target.host} did not answer within {timeout:g}s") from None
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
         finally:
             entry.fresh = False
-        return parse_reply(result.exited, result.stdout, result.stderr)

@@ -220,6 +220,15 @@ class RemoteSingularitySpawner(Spawner):
         editing them) and a changed script is uploaded as a new version.""",
     ).tag(config=True)
 
+    node_scripts_dir = Unicode(
+        "/opt/remote-singularity-spawner/scripts",
+        help="""Node-wide directory of the scripts that `invoke deploy` installs, one
+        subdirectory per scripts version. When this version is there and it, its parents and
+        its files belong to root and are writable by nobody else, servers run the scripts from
+        it and nothing is uploaded to the users' homes; otherwise the scripts are uploaded per
+        user as usual. Empty: always upload per user.""",
+    ).tag(config=True)
+
     port_range = Tuple(
         Integer(),
         Integer(),
@@ -705,7 +714,9 @@ class RemoteSingularitySpawner(Spawner):
     def _session(self, target: remote.Target) -> remote.NodeSession:
         bundle = _load_bundle(self._scripts_dir())
         pool = _get_pool(self.ssh_idle_timeout, self.ssh_keepalive_interval)
-        return remote.NodeSession(target, bundle, self.remote_state_dir, self.log, pool)
+        return remote.NodeSession(
+            target, bundle, self.remote_state_dir, self.log, pool, node_dir=self.node_scripts_dir
+        )
 
     def _put_certs(self, target: remote.Target, certs_dir: str, files: dict[str, bytes]) -> str:
         """Blocking: upload the certificate files; their absolute directory on the node."""

@@ -34,7 +34,11 @@ What up() builds (all constants are in CONFIG):
   version, jupyter_server, jupyterlab);
 * the singularity stand-in (tests/bin/singularity, copied to /opt/rss-cluster/bin with an
   ``apptainer`` symlink) and an image /opt/rss-cluster/images/jupyter.sif made by
-  tests/bin/make-fake-image.
+  tests/bin/make-fake-image;
+* root may log in to the nodes with ``/var/lib/rss-cluster/root_id_ed25519`` only (for
+  ``invoke deploy``; the host's own root keys are not used), and each node has a node-wide
+  directory of its own: /opt/remote-singularity-spawner is bind-mounted per node from
+  ``/var/lib/rss-cluster/nodes/<node>/node-wide`` (the nodes otherwise share the host's files).
 
 Nothing needs the node names to resolve: everything is addressed by IP.
 """
@@ -72,6 +76,7 @@ _KEYGEN_ARGS = {
 }
 _SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MARKER_VAR = "RSS_CLUSTER_NODE"  # in the environment of every node's init: NAME:NONCE
+_HELD_VAR = "RSS_CLUSTER_HELD"  # set while this process (or an ancestor) holds exclusive()
 _SSHD = "/usr/sbin/sshd"
 _TOOLS = "ip unshare tini nsenter setpriv setsid ssh-keygen useradd usermod userdel".split()
 _HERE = Path(__file__).resolve().parent
@@ -124,6 +129,7 @@ class Config:
     user_prefix: str = "rss-"  # the harness refuses to create or delete any other account
     singleuser_extras: tuple[str, ...] = ("jupyter_server", "jupyterlab")
     sshd_timeout: float = 30.0
+    node_wide_dir: Path = Path("/opt/remote-singularity-spawner")  # per node (a bind mount)
 
     @property
     def singularity(self) -> Path:
@@ -151,6 +157,18 @@ class Config:
 
     def node_dir(self, node: NodeSpec) -> Path:
         return self.state_dir / "nodes" / node.name
+
+    @property
+    def root_key(self) -> Path:
+        return self.state_dir / "root_id_ed25519"
+
+    @property
+    def root_authorized_keys(self) -> Path:
+        return self.state_dir / "root_authorized_keys"
+
+    def node_wide_source(self, node: NodeSpec) -> Path:
+        """The host directory each node sees at node_wide_dir."""
+        return self.node_dir(node) / "node-wide"
 
 
 CONFIG = Config()
@@ -205,6 +223,12 @@ class Cluster:
     venv: Path
     known_hosts: Path  # root-owned, all nodes' host keys (name,ip keytype key)
     state_dir: Path
+    root_key: Path = CONFIG.root_key  # root's login key for the nodes (invoke deploy)
+    node_wide_dir: Path = CONFIG.node_wide_dir  # a different directory on each node
+
+    def node_wide_source(self, name: str) -> Path:
+        """Where the host sees the node's node_wide_dir."""
+        return CONFIG.node_wide_source(_node_spec(name))
 
     def node(self, name: str) -> Node:
         return _pick(self.nodes, name)
@@ -496,7 +520,7 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
-PermitRootLogin no
+PermitRootLogin prohibit-password
 StrictModes yes
 MaxStartups 200:30:400
 MaxSessions 200
@@ -505,14 +529,57 @@ PrintMotd no
 PrintLastLog no
 X11Forwarding no
 Subsystem sftp internal-sftp
+Match User root
+  AuthorizedKeysFile {CONFIG.root_authorized_keys}
 """
 
 
-def _ensure_sshd_config(node: NodeSpec) -> None:
+def _ensure_sshd_config(node: NodeSpec) -> bool:
+    """Write the node's sshd config; True if it changed (a running sshd must be restarted)."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     conf, _, _ = _sshd_paths(node)
+    changed = not _sshd_config_current(node)
     _write(conf, _sshd_config_text(node), 0o644)
     _run([_SSHD, "-t", "-f", conf])
+    return changed
+
+
+def _sshd_config_current(node: NodeSpec) -> bool:
+    conf, _, _ = _sshd_paths(node)
+    with contextlib.suppress(OSError):
+        return conf.read_text() == _sshd_config_text(node)
+    return False
+
+
+def _ensure_root_key() -> None:
+    """A login key for root on the nodes, used for nothing else."""
+    key = CONFIG.root_key
+    if not (key.exists() and Path(f"{key}.pub").exists()):
+        _ssh_keygen(key, "ed25519", "root@rss-cluster")
+    os.chmod(key, 0o600)
+    _write(CONFIG.root_authorized_keys, Path(f"{key}.pub").read_text(), 0o644)
+
+
+def _root_key_ok() -> bool:
+    pub = Path(f"{CONFIG.root_key}.pub")
+    with contextlib.suppress(OSError):
+        return CONFIG.root_key.is_file() and CONFIG.root_authorized_keys.read_text() == pub.read_text()
+    return False
+
+
+def _node_wide_mounted(pid: int) -> bool:
+    mounts = (_read_proc(pid, "mountinfo") or b"").decode(errors="replace")
+    return any(line.split()[4] == str(CONFIG.node_wide_dir) for line in mounts.splitlines())
+
+
+def _ensure_node_wide_mount(node: NodeSpec, pid: int) -> None:
+    """Bind the node's own directory on node_wide_dir, inside the node's mount namespace only."""
+    source = CONFIG.node_wide_source(node)
+    source.mkdir(parents=True, exist_ok=True)
+    os.chmod(source, 0o755)
+    CONFIG.node_wide_dir.mkdir(parents=True, exist_ok=True)
+    if not _node_wide_mounted(pid):
+        _run(["nsenter", "-t", str(pid), "-m", "--", "mount", "--bind", source, CONFIG.node_wide_dir])
 
 
 def _sshd_answers(node: NodeSpec, timeout: float = 2.0) -> bool:
@@ -588,7 +655,8 @@ def _running_init(node: NodeSpec) -> int | None:
 
 def _start_node(node: NodeSpec) -> int:
     _ensure_host_keys(node)
-    _ensure_sshd_config(node)
+    _ensure_root_key()
+    config_changed = _ensure_sshd_config(node)
     if not _node_net_ok(node):
         _teardown_node(node)
         _create_node_net(node)
@@ -597,9 +665,10 @@ def _start_node(node: NodeSpec) -> int:
         _kill_and_wait(_marked_pids(node))  # a half-started launcher, if any
         _log(f"starting {node.name} ({node.ip})")
         pid = _launch_init(node)
-    elif not _sshd_answers(node):
+    elif config_changed or not _sshd_answers(node):
         _log(f"restarting sshd on {node.name}")
         _restart_sshd(node, drop_sessions=False)
+    _ensure_node_wide_mount(node, pid)
     _wait_sshd(node, pid)
     return pid
 
@@ -887,8 +956,13 @@ def exclusive(wait_message: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the cluster for a whole test session or benchmark.
 
     Two runs on one machine share the nodes, the users' homes and the Hub
-    ports; the second waits here until the first is done.
+    ports; the second waits here until the first is done. A process started
+    by the holder (e.g. a test running ``invoke bench``) runs under its hold
+    instead of waiting for it forever.
     """
+    if os.environ.get(_HELD_VAR):
+        yield
+        return
     CONFIG.session_lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(CONFIG.session_lock_file, "a") as lock:
         try:
@@ -897,7 +971,11 @@ def exclusive(wait_message: Callable[[], None] | None = None) -> Iterator[None]:
             if wait_message is not None:
                 wait_message()
             fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        os.environ[_HELD_VAR] = str(os.getpid())
+        try:
+            yield
+        finally:
+            del os.environ[_HELD_VAR]
 
 
 def describe() -> Cluster:
@@ -926,10 +1004,17 @@ def problems(users: Iterable[UserRef] | None = None) -> list[str]:
     for node in CONFIG.nodes:
         if not _node_net_ok(node):
             found.append(f"{node.name}: network namespace / veth not set up")
-        if _running_init(node) is None:
+        pid = _running_init(node)
+        if pid is None:
             found.append(f"{node.name}: not running")
         elif not _sshd_answers(node):
             found.append(f"{node.name}: sshd does not answer on {node.ip}:{CONFIG.ssh_port}")
+        elif not _sshd_config_current(node):
+            found.append(f"{node.name}: sshd runs with an outdated config")
+        elif not _node_wide_mounted(pid):
+            found.append(f"{node.name}: no node-wide directory of its own at {CONFIG.node_wide_dir}")
+    if not _root_key_ok():
+        found.append(f"{CONFIG.root_key}: root's login key for the nodes missing")
     wanted = [_user_spec(u) for u in users] if users is not None else list(CONFIG.users)
     found += [f"user {u.name}: missing or without keys" for u in wanted if not _user_ok(u)]
     if not CONFIG.known_hosts.is_file():
@@ -994,6 +1079,8 @@ def down(keep_venv: bool = False) -> None:
         doomed = [CONFIG.opt_dir, CONFIG.state_dir] + ([] if keep_venv else [CONFIG.venv])
         for path in doomed:
             shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            CONFIG.node_wide_dir.rmdir()  # the host's mount point, if empty
         CONFIG.lock_file.unlink(missing_ok=True)
 
 

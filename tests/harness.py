@@ -121,7 +121,8 @@ class Hub:
         )
         return path
 
-    def start(self, timeout: float = 60) -> Hub:
+    def start(self, timeout: float = 60, interval: float = 0.2) -> Hub:
+        """Start the Hub; returns once its API answers (checked every *interval* seconds)."""
         config = self.write_config()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -142,7 +143,7 @@ class Hub:
                     return self
             except requests.RequestException:
                 pass
-            time.sleep(0.2)
+            time.sleep(interval)
         raise RuntimeError(f"JupyterHub did not answer within {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 60) -> None:
@@ -155,6 +156,13 @@ class Hub:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def rss_bytes(self) -> int:
+        """The Hub process's resident memory."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc/PID/status")
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -189,6 +189,20 @@ hub_env_start_with_image() {
   ! pgrep -f "sleep 1000"
 }
 
+@test "a server that dies during start leaves none of its helpers behind: exit 4" {
+  # Unique durations: other runs on this machine may have sleeps of their own.
+  local group="1${RANDOM}.5" session="2${RANDOM}.5"
+  run --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+    --exe singularity --image '${IMAGE}' --server-dir x --timeout 20 \
+    -- bash -c 'sleep ${group} & setsid sleep ${session} & sleep 1.5; echo crashed >&2; exit 3'"
+  local left
+  left=$(pgrep -f "sleep (${group}|${session})" -U "$(id -u)" || true)
+  pkill -KILL -f "sleep (${group}|${session})" -U "$(id -u)" 2>/dev/null || true
+  [ "${status}" -eq 4 ]
+  [[ "${stderr}" == *"crashed"* ]]
+  [ -z "${left}" ]
+}
+
 @test "usage errors exit 64 with a message" {
   run --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --image x --server-dir y -- cmd
   [ "${status}" -eq 64 ]

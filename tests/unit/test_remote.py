@@ -130,6 +130,7 @@ class FakeConnection:
         self.closed = False
         self.commands = []
         self.timeouts = []
+        self.stdins = []
         self._run = run
 
     def run(self, command, in_stream=None, timeout=None):
@@ -137,6 +138,7 @@ class FakeConnection:
             raise EOFError("connection closed by peer")
         self.commands.append(command)
         self.timeouts.append(timeout)
+        self.stdins.append(in_stream.read() if in_stream else in_stream)
         return self._run(self) if self._run else FakeResult()
 
     def close(self):
@@ -165,7 +167,7 @@ class Opener:
 def session(pool, target, bundle=None):
     bundle = bundle or remote.ScriptBundle(files={}, version="v1")
     s = remote.NodeSession(target, bundle, ".rss", pool=pool)
-    remote.NodeSession._uploaded.add((target.host, target.username, s.script_dir))
+    remote.NodeSession._found[(target.host, target.username, s.user_dir, "")] = s.user_dir
     return s
 
 
@@ -286,6 +288,18 @@ def test_a_fresh_connection_that_fails_is_not_retried():
             s.run("check_pid.sh", [])
     assert len(opener.connections) == 1
     assert len(pool) == 0
+
+
+def test_a_command_without_input_gets_no_stdin_to_close():
+    # An EOF sent after a quick command's channel closed makes sshd drop the
+    # shared connection: only a command that reads input gets a stdin (and EOF).
+    opener = Opener()
+    pool = remote.ConnectionPool(opener=opener)
+    target = make_target()
+    with session(pool, target) as s:
+        s.run("check_pid.sh", ["--pid", "1"])
+        s.run("start_singleuser.sh", [], stdin="A=1\0")
+    assert opener.connections[0].stdins == [False, "A=1\0"]
 
 
 def test_refused_login_names_the_key_used_and_what_to_fix(tmp_path, monkeypatch):

@@ -1,0 +1,48 @@
+"""An API endpoint loaded into the benchmark's Hub only (see tests/bench.py).
+
+``POST /hub/api/bench/poll-round`` (admin) polls every active server of the
+Hub at once, as the Hub's periodic checks do, and answers how long the round
+took, how many servers answered "running", and how many SSH connections the
+spawner's pool opened meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from jupyterhub.apihandlers.base import APIHandler
+from tornado import web
+
+
+def _ssh_connections_opened() -> int:
+    try:
+        from remotesingularityspawner import spawner  # noqa: PLC0415 - only with this spawner
+    except ImportError:
+        return 0
+    return spawner._pool.opened if spawner._pool is not None else 0
+
+
+class PollRoundHandler(APIHandler):
+    async def post(self):
+        if "admin:servers" not in self.expanded_scopes:
+            raise web.HTTPError(403, "the poll round needs the admin:servers scope")
+        spawners = [s for user in self.users.values() for s in user.spawners.values() if s.active]
+        opened = _ssh_connections_opened()
+        started = time.perf_counter()
+        results = await asyncio.gather(*(s.poll() for s in spawners))
+        wall = time.perf_counter() - started
+        self.write(
+            json.dumps(
+                {
+                    "servers": len(spawners),
+                    "running": sum(r is None for r in results),
+                    "wall_s": wall,
+                    "ssh_connections_opened": _ssh_connections_opened() - opened,
+                }
+            )
+        )
+
+
+HANDLERS = [(r"/api/bench/poll-round", PollRoundHandler)]
