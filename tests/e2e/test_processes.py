@@ -189,7 +189,11 @@ setsid sleep 3005 &
 while :; do sleep 1; done
 """
 
-# Listens on its port but never answers HTTP, and ignores SIGTERM.
+# Listens on its port but never answers HTTP, and ignores SIGTERM. It takes
+# each request and hangs up without a reply: left in the backlog instead, the
+# Hub's one request would hang for minutes before http_timeout is looked at.
+# (http_timeout above the Hub's 10 s slow-spawn wait, so the reason comes
+# through the progress stream as a user sees it, not as a bare 500.)
 NEVER_ANSWERS = f"""#!{SINGLEUSER_PYTHON}
 import os
 import signal
@@ -200,7 +204,13 @@ url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
 listener = socket.create_server((url.hostname, url.port))
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 while True:
-    signal.pause()
+    conn, _ = listener.accept()
+    conn.settimeout(1)
+    try:
+        conn.recv(65536)
+    except OSError:
+        pass
+    conn.close()
 """
 
 
@@ -222,7 +232,7 @@ def _no_leftovers_for_the_next_test(request):
     [
         (DIES_DURING_START, "", "simulated crash while starting"),
         (NEVER_LISTENS, "c.Spawner.start_timeout = 20", "did not listen on port"),
-        (NEVER_ANSWERS, "c.Spawner.http_timeout = 8", "didn't respond"),
+        (NEVER_ANSWERS, "c.Spawner.http_timeout = 12", "didn't respond"),
     ],
     ids=["server-dies-after-a-while", "port-never-opens", "port-open-but-no-answer"],
 )
