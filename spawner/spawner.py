@@ -482,7 +482,12 @@ class RemoteSingularitySpawner(Spawner):
                 asyncio.shield(asyncio.wrap_future(fetch)), self.node_status_timeout
             )
         except asyncio.TimeoutError:
-            return NodeStatus(reachable=False, error=f"no answer within {self.node_status_timeout:g} s")
+            status = NodeStatus(reachable=False, error=f"no answer within {self.node_status_timeout:g} s")
+            with _status_lock:
+                # Refused as the form showed it, until the late answer replaces this.
+                if not fetch.done():
+                    _status_cache[key] = (time.monotonic(), status)
+            return status
 
     def _fetch_status(self, node: Node, login: str) -> NodeStatus:
         """Blocking: run node_status.sh on *node* as *login*."""

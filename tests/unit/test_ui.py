@@ -241,9 +241,12 @@ async def test_a_node_that_does_not_answer_in_time_is_unreachable_and_refused(mo
     assert time.monotonic() - started < 4, "the form did not wait for the slow node"
     n2 = html.split("<option")[2].split("</option>")[0]
     assert "disabled" in n2 and "unreachable" in n2
+    with pytest.raises(Exception, match=r"node n2 is unreachable \(no answer within 0.2 s\)"):
+        await s.apply_user_options(s, {"host": "n2"})
     release.set()
     for _ in range(100):
-        if spawner_module._status_cache.get(("10.0.0.2", "alice")):
+        cached = spawner_module._status_cache.get(("10.0.0.2", "alice"))
+        if cached and cached[1].error.startswith("cannot connect"):
             break
         await asyncio.sleep(0.02)
 
