@@ -547,11 +547,12 @@ class RemoteSingularitySpawner(Spawner):
                 self._new_progress_log()
             if self._progress_log is not log:
                 log, seen = self._progress_log, 0
-            changed = log.changed
-            for event in log.events[seen:]:
-                yield dict(event)
-            seen = len(log.events)
-            await changed.wait()
+            if seen < len(log.events):
+                # One at a time: more may arrive while the listener has this one.
+                seen += 1
+                yield dict(log.events[seen - 1])
+                continue
+            await log.changed.wait()
 
     # --- the spawner API ---------------------------------------------------------
 

@@ -26,19 +26,21 @@ def spawn_and_watch(hub, user, options) -> list[dict]:
 
     The REST request answers only after the spawn (or 10 s): it runs in a
     thread while the progress stream is opened as soon as the spawn is pending.
+    Until then the stream answers 400, or the end of the user's previous spawn.
     """
-    replies = []
-    request = threading.Thread(target=lambda: replies.append(hub.spawn(user, options=options)))
+    request = threading.Thread(target=hub.spawn, args=(user,), kwargs={"options": options})
     request.start()
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return hub.progress_events(user)
+                events = hub.progress_events(user)
             except requests.HTTPError:  # not pending yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                events = []
+            this_spawn = any(e["message"].startswith("connecting to") for e in events)
+            if this_spawn or not request.is_alive() or time.monotonic() > deadline:
+                return events
+            time.sleep(0.05)
     finally:
         request.join(120)
 

@@ -119,6 +119,28 @@ async def test_start_reports_each_step_in_words_with_rising_percentages(monkeypa
     assert await collect(s, 6) == events
 
 
+async def test_no_step_is_lost_when_steps_arrive_while_the_page_handles_one():
+    s = make_spawner()
+    s._report(10, "one")
+    received = []
+
+    async def listen():
+        async for event in s.progress():
+            received.append(event["message"])
+            if event["message"] == "one":
+                # Arrive while the listener holds "one" (as the relay's do).
+                s._report(40, "two")
+                s._report(60, "three")
+            if len(received) == 3:
+                return
+
+    try:
+        await asyncio.wait_for(listen(), 2)
+    except asyncio.TimeoutError:
+        pass  # a lost step: the listener waits for it in vain
+    assert received == ["one", "two", "three"]
+
+
 async def test_progress_of_a_new_start_begins_afresh(monkeypatch):
     s = make_spawner()
     monkeypatch.setattr(s, "get_env", lambda: SERVICE_ENV)
