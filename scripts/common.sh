@@ -31,6 +31,15 @@ die() {
 }
 
 #######################################
+# Tell the Hub how far a start has come: one "@progress PERCENT MESSAGE"
+# line on stderr, shown to the user on the spawn page (so: plain words).
+# Arguments: percent (0-100), message
+#######################################
+progress() {
+  printf '@progress %s %s\n' "$1" "$2" >&2
+}
+
+#######################################
 # Escape a string as a JSON string literal (with the quotes).
 #######################################
 json_str() {

@@ -7,7 +7,8 @@
 # (the Hub API token among it) arrives on stdin as NUL-separated KEY=VALUE
 # records, never in argv. On success prints one JSON line:
 #   {"pid": N, "start_time": N, "port": N, "log": "PATH"}
-# and exits 0. On failure prints a diagnostic (with the tail of the
+# and exits 0. While it works, prints "@progress PERCENT MESSAGE" lines on
+# stderr for the spawn page. On failure prints a diagnostic (with the tail of the
 # server's log) on stderr and exits with a code from common.sh.
 set -euo pipefail
 umask 077
@@ -186,6 +187,7 @@ main() {
     export JUPYTERHUB_SERVICE_URL="${url_head}:${port}${url_tail}"
     export_for_container "${evaluation}"
     : >"${log}"
+    progress 40 "starting the container ${image##*/}"
     # setsid makes the server a session and process-group leader: its PID
     # is the group to signal, and it survives the end of this SSH session.
     setsid "${cmd_exe}" exec "${extra[@]}" "${binds[@]}" "${image}" "$@" \
@@ -196,6 +198,7 @@ main() {
     deadline=$((SECONDS + timeout))
     seen=""
     next_look=0
+    progress 60 "waiting for the server to listen on port ${port}"
     while is_alive "${pid}" "${start}" && ! is_listening "${port}"; do
       # Twice a second, note what the server started: a helper in a session
       # of its own is found by nothing else once the server died.

@@ -105,3 +105,46 @@ def _parse_record(record: str, resolve: Resolver) -> tuple[Node | None, str]:
     if ip is None:
         return None, f"the name {name!r} resolved to {resolved!r}, not an IP address"
     return Node(label=name, address=ip), ""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What the spawn form tells about a node (from ``node_status.sh``)."""
+
+    reachable: bool
+    load: float | None = None
+    cpus: int | None = None
+    mem_available_kib: int | None = None
+    servers: int | None = None
+    error: str = ""
+
+    @classmethod
+    def from_reply(cls, data: dict) -> NodeStatus:
+        """The status from the script's JSON reply; fields that make no sense are left out."""
+
+        def number(key, kind):
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                return None
+            return kind(value)
+
+        return cls(
+            reachable=True,
+            load=number("load", float),
+            cpus=number("cpus", int),
+            mem_available_kib=number("mem_available_kib", int),
+            servers=number("servers", int),
+        )
+
+    def summary(self) -> str:
+        """A few words for a person, e.g. ``load 0.31, 20.1 GiB free, 2 servers``."""
+        if not self.reachable:
+            return "unreachable"
+        parts = []
+        if self.load is not None:
+            parts.append(f"load {self.load:.2f}" + (f" on {self.cpus} CPUs" if self.cpus else ""))
+        if self.mem_available_kib is not None:
+            parts.append(f"{self.mem_available_kib / 2**20:.1f} GiB free")
+        if self.servers is not None:
+            parts.append(f"{self.servers} server{'' if self.servers == 1 else 's'}")
+        return ", ".join(parts) or "status unknown"

@@ -9,7 +9,9 @@ The protocol with the scripts (see scripts/common.sh):
   :func:`shlex.join`;
 - stdin carries the server's environment as NUL-separated ``KEY=VALUE``
   records (the API token among them);
-- stdout carries one JSON line; stderr carries diagnostics for a person;
+- stdout carries one JSON line; stderr carries diagnostics for a person,
+  and ``@progress PERCENT MESSAGE`` lines that are relayed while the script
+  runs (see :class:`LineRelay`) and left out of :attr:`Reply.stderr`;
 - the exit code is one of :class:`ExitCode`.
 """
 
@@ -41,8 +43,9 @@ import paramiko
 # the fallback for use outside JupyterHub.
 default_log = logging.getLogger(__name__)
 
-SCRIPT_FILES = ("common.sh", "start_singleuser.sh", "check_pid.sh", "stop.sh")
+SCRIPT_FILES = ("common.sh", "start_singleuser.sh", "check_pid.sh", "stop.sh", "node_status.sh")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PROGRESS_RE = re.compile(r"@progress (\d{1,3}) (\S.*)")
 # bash's status for "script file not found".
 _EXIT_NO_SUCH_FILE = 127
 
@@ -405,8 +408,46 @@ def env_payload(env: Mapping[str, str]) -> str:
     return "".join(records)
 
 
+def parse_progress(line: str) -> tuple[int, str] | None:
+    """``(percent, message)`` from an ``@progress PERCENT MESSAGE`` line, else None."""
+    match = _PROGRESS_RE.fullmatch(line.strip())
+    if match is None or int(match.group(1)) > 100:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+ProgressCallback = Callable[[int, str], None]
+
+
+class LineRelay:
+    """A write-only text stream that hands each ``@progress`` line to a callback.
+
+    Given to Invoke as the command's ``err_stream``: it is written from
+    Invoke's reader thread, in chunks that need not end at a line break.
+    """
+
+    def __init__(self, on_progress: ProgressCallback) -> None:
+        self._on_progress = on_progress
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            event = parse_progress(line)
+            if event is not None:
+                self._on_progress(*event)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def parse_reply(exit_code: int, stdout: str, stderr: str) -> Reply:
-    """Turn a script's output into a :class:`Reply` (JSON on the last stdout line)."""
+    """Turn a script's output into a :class:`Reply` (JSON on the last stdout line).
+
+    ``@progress`` lines are not diagnostics: they are left out of ``stderr``.
+    """
     lines = [line for line in stdout.splitlines() if line.strip()]
     data: dict = {}
     if lines:
@@ -416,18 +457,20 @@ def parse_reply(exit_code: int, stdout: str, stderr: str) -> Reply:
             data = {}
         if not isinstance(data, dict):
             data = {}
-    return Reply(exit_code=exit_code, data=data, stderr=stderr.strip())
+    diagnostics = "\n".join(line for line in stderr.splitlines() if parse_progress(line) is None)
+    return Reply(exit_code=exit_code, data=data, stderr=diagnostics.strip())
 
 
 def run_command(
-    conn: fabric.Connection, command: str, stdin: str = "", timeout: float | None = None
+    conn: fabric.Connection, command: str, stdin: str = "", timeout: float | None = None, **run_kwargs
 ) -> Reply:
     """Run *command* (built with :func:`shlex.join`) on *conn*, *stdin* on its channel.
 
     timeout: seconds to wait for it (invoke.CommandTimedOut after that); None waits for ever.
+    run_kwargs: more of Fabric's run() options (err_stream and hide, for a progress relay).
     """
     limit = {} if timeout is None else {"timeout": timeout}
-    result = conn.run(command, in_stream=_stdin_for(stdin), **limit)
+    result = conn.run(command, in_stream=_stdin_for(stdin), **limit, **run_kwargs)
     return parse_reply(result.exited, result.stdout, result.stderr)
 
 
@@ -584,6 +627,7 @@ class NodeSession:
         self.pool = pool if pool is not None else ConnectionPool(idle_timeout=0, keepalive=0)
         self._own_pool = pool is None
         self._entry: _Pooled | None = None
+        self._on_progress: ProgressCallback | None = None
 
     def __enter__(self) -> NodeSession:
         self._entry = self.pool.acquire(self.target, self.log)
@@ -596,15 +640,25 @@ class NodeSession:
         if self._own_pool:
             self.pool.close_all()
 
-    def run(self, script: str, args: Iterable[str], stdin: str = "", timeout: float | None = None) -> Reply:
+    def run(
+        self,
+        script: str,
+        args: Iterable[str],
+        stdin: str = "",
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Reply:
         """Run *script* with *args*; upload the scripts first if missing.
 
         timeout: seconds the node may take to answer; after that the connection
         counts as broken (ConnectError), as when a node went silent mid-command.
+        *on_progress* is called (in a worker thread) with each ``@progress``
+        line the script prints, while it runs.
         """
         assert self._entry is not None, "use NodeSession as a context manager"
         args = list(args)
         reused = not self._entry.fresh
+        self._on_progress = on_progress
         try:
             return self._run_checked(script, args, stdin, timeout)
         except ConnectError:
@@ -687,8 +741,12 @@ class NodeSession:
             if not entry.active():
                 # Fabric would silently log in again, racing other threads: let the pool do it.
                 raise EOFError("the connection was closed")
+            relay = {}
+            if self._on_progress is not None:
+                # Echo stderr (only) into the relay while it arrives; it is captured all the same.
+                relay = {"err_stream": LineRelay(self._on_progress), "hide": "stdout"}
             with entry.sessions:
-                return run_command(entry.conn, command, stdin, timeout)
+                return run_command(entry.conn, command, stdin, timeout, **relay)
         except invoke.CommandTimedOut:
             raise ConnectError(f"{self.target.host} did not answer within {timeout:g}s") from None
         except (OSError, EOFError, paramiko.SSHException) as e:

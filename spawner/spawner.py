@@ -5,11 +5,17 @@ One spawn: validate the user's options (options.py) against the node list
 ``start_singleuser.sh`` on the node (remote.py). The server's environment
 travels on the SSH channel's stdin. ``poll`` and ``stop`` run
 ``check_pid.sh`` and ``stop.sh`` with the PID and start time kept in state.
+
+While a start runs, each step (connecting, preparing the scripts, the
+script's own ``@progress`` lines) becomes an event of ``progress()``, which
+JupyterHub shows on the spawn page. The form shows each node's status
+(``node_status.sh``), fetched in threads and cached for ``node_status_ttl``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -17,17 +23,17 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import jinja2
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Bool, Callable, Float, Integer, List, Tuple, Unicode, Union, default, validate
+from traitlets import Any, Bool, Callable, Float, Integer, List, Tuple, Unicode, Union, default, validate
 
 from . import remote
-from .nodes import Node, parse_nodelist
+from .nodes import Node, NodeStatus, parse_nodelist
 from .options import (
     OptionsError,
     UserOptions,
@@ -64,6 +70,11 @@ _executor: ThreadPoolExecutor | None = None
 _pool: remote.ConnectionPool | None = None
 # Clean-ups that outlive the coroutine that started them (asyncio keeps only weak references).
 _background_tasks: set[asyncio.Task] = set()
+# Node status for the form, by (address, login): (monotonic time, status), and
+# the fetches under way (a slow node is asked once, however many forms open).
+_status_cache: dict[tuple[str, str], tuple[float, NodeStatus]] = {}
+_status_fetches: dict[tuple[str, str], Future] = {}
+_status_lock = threading.Lock()
 
 
 def _get_executor(size: int) -> ThreadPoolExecutor:
@@ -95,6 +106,34 @@ def _packaged_scripts_dir() -> str:
     return str(Path(__file__).resolve().parent.parent / "scripts")
 
 
+def _store_status(key: tuple[str, str], fetch: Future) -> None:
+    """Cache a finished status fetch (runs in the worker thread)."""
+    error = fetch.exception()
+    status = fetch.result() if error is None else NodeStatus(reachable=False, error=str(error))
+    with _status_lock:
+        _status_cache[key] = (time.monotonic(), status)
+        _status_fetches.pop(key, None)
+
+
+class _ProgressLog:
+    """The progress events of one start, for any number of listeners (event loop only)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.changed = asyncio.Event()
+
+    def add(self, percent: int, message: str) -> None:
+        # Percentages only rise (a port retry reports "starting" again).
+        if self.events:
+            percent = max(percent, self.events[-1]["progress"])
+        self.events.append({"progress": percent, "message": message})
+        self.wake()
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
 def _server_key(username: str, server_name: str) -> str:
     """A file-name-safe, collision-free directory name for one server."""
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", server_name or "default")[:40].lstrip(".") or "_"
@@ -119,8 +158,33 @@ class RemoteSingularitySpawner(Spawner):
 
     singularity_args = List(
         Unicode(),
-        help="""Extra options for `singularity exec`, e.g. ['--nv'] or ['--pid'].
+        help="""Extra options for `singularity exec`, e.g. ['--pid'].
         Use only flags your Singularity/Apptainer version knows.""",
+    ).tag(config=True)
+
+    gpu_nodes = List(
+        Unicode(),
+        help="""Names (as in nodelist) of the nodes that have GPUs. The form marks them, and a
+        server started on one gets gpu_singularity_args.""",
+    ).tag(config=True)
+
+    gpu_singularity_args = List(
+        Unicode(),
+        default_value=["--nv"],
+        help="""Extra options for `singularity exec` on the gpu_nodes, after singularity_args:
+        ['--nv'] for NVIDIA GPUs, ['--rocm'] for AMD ones.""",
+    ).tag(config=True)
+
+    node_status_ttl = Float(
+        30.0,
+        help="""Seconds a node's status shown in the form (reachable, load, free memory,
+        running servers) is reused before the node is asked again.""",
+    ).tag(config=True)
+
+    node_status_timeout = Float(
+        5.0,
+        help="""Seconds the form waits for a node's status. A node that has not answered by
+        then is shown as unreachable and cannot be chosen.""",
     ).tag(config=True)
 
     nodelist = Unicode(
@@ -214,7 +278,7 @@ class RemoteSingularitySpawner(Spawner):
 
     scripts_dir = Unicode(
         "",
-        help="""Directory holding start_singleuser.sh, check_pid.sh, stop.sh and common.sh.
+        help="""Directory holding start_singleuser.sh, check_pid.sh, stop.sh, node_status.sh and common.sh.
         Default: the copies shipped with this package. Point it at an edited copy to change
         what runs on the nodes; the scripts are read when first used (restart the Hub after
         editing them) and a changed script is uploaded as a new version.""",
@@ -318,6 +382,7 @@ class RemoteSingularitySpawner(Spawner):
         for name in self._state_fields:
             setattr(self, name, self.trait_defaults(name))
         self._unreachable_since = None
+        self._new_progress_log()
 
     # --- helpers ---------------------------------------------------------------
 
@@ -328,6 +393,7 @@ class RemoteSingularitySpawner(Spawner):
     _pending_start: tuple[asyncio.Future, remote.Target] | None = None
     # internal_ssl: (hub-side paths, contents) read by create_certs for move_certs.
     _new_certs: tuple[dict, dict[str, bytes]] | None = None
+    _progress_log = Any(None, allow_none=True)
 
     async def _in_thread(self, func, *args):
         loop = asyncio.get_running_loop()
@@ -384,15 +450,21 @@ class RemoteSingularitySpawner(Spawner):
     def _server_dir(self) -> str:
         return f"{self.remote_state_dir}/servers/{_server_key(self.user.name, self.name)}"
 
-    def _run_script(self, target, script, args, stdin="") -> remote.Reply:
-        """Blocking: connect, make sure the scripts are there, run one of them."""
+    def _run_script(self, target, script, args, stdin="", on_progress=None) -> remote.Reply:
+        """Blocking: connect, make sure the scripts are there, run one of them.
+
+        *on_progress(percent, message)*, if given, hears of each step (from this thread).
+        """
         # A start is bounded by its own --timeout and the Hub's start_timeout.
         timeout = {
             "check_pid.sh": self.ssh_command_timeout,
+            "node_status.sh": self.node_status_timeout,
             "stop.sh": self.term_timeout + self.kill_timeout + self.ssh_command_timeout,
         }.get(script)
         with self._session(target) as session:
-            reply = session.run(script, args, stdin, timeout=timeout)
+            if on_progress is not None:
+                on_progress(25, f"connected; preparing the scripts on {self._progress_node}")
+            reply = session.run(script, args, stdin, timeout=timeout, on_progress=on_progress)
         reply.data.setdefault("scripts_version", session.bundle.version)
         return reply
 
@@ -400,10 +472,130 @@ class RemoteSingularitySpawner(Spawner):
         self.log.error("Spawn of %s failed: %s", self._log_name, message)
         return SpawnException(message, reason=reason)
 
+    # --- node status for the form ---------------------------------------------------
+
+    def _status_key(self, node: Node) -> tuple[str, str] | None:
+        try:
+            return (node.address, self._login_name())
+        except OptionsError:
+            return None
+
+    def _cached_status(self, node: Node) -> NodeStatus | None:
+        """The node's status as the form showed it, if still fresh."""
+        key = self._status_key(node)
+        with _status_lock:
+            cached = _status_cache.get(key)
+        if cached is None or time.monotonic() - cached[0] > self.node_status_ttl:
+            return None
+        return cached[1]
+
+    async def node_statuses(self, nodes: list[Node]) -> list[NodeStatus | None]:
+        """Each node's status (None: unknown), asked concurrently in threads.
+
+        A node that does not answer within node_status_timeout is shown as
+        unreachable; its answer, when it comes, is cached for the next form.
+        """
+        return list(await asyncio.gather(*(self._node_status(node) for node in nodes)))
+
+    async def _node_status(self, node: Node) -> NodeStatus | None:
+        cached = self._cached_status(node)
+        if cached is not None:
+            return cached
+        key = self._status_key(node)
+        if key is None:
+            return None  # a bad login name: start() says why
+        with _status_lock:
+            fetch = _status_fetches.get(key)
+            new = fetch is None
+            if new:
+                fetch = _get_executor(self.ssh_threads).submit(self._fetch_status, node, key[1])
+                _status_fetches[key] = fetch
+        if new:
+            # Outside the lock: a fetch already done runs the callback right here.
+            fetch.add_done_callback(partial(_store_status, key))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(fetch)), self.node_status_timeout
+            )
+        except asyncio.TimeoutError:
+            status = NodeStatus(reachable=False, error=f"no answer within {self.node_status_timeout:g} s")
+            with _status_lock:
+                # Refused as the form showed it, until the late answer replaces this.
+                if not fetch.done():
+                    _status_cache[key] = (time.monotonic(), status)
+            return status
+
+    def _fetch_status(self, node: Node, login: str) -> NodeStatus:
+        """Blocking: run node_status.sh on *node* as *login*."""
+        target = self._target(node.address, login)
+        target = dataclasses.replace(
+            target, connect_timeout=min(target.connect_timeout, self.node_status_timeout)
+        )
+        try:
+            reply = self._run_script(target, "node_status.sh", [])
+        except remote.RemoteError as e:
+            self.log.warning("Node %s is unreachable for %s: %s", node.label, login, e)
+            return NodeStatus(reachable=False, error=str(e))
+        if reply.exit_code != remote.ExitCode.OK:
+            self.log.warning(
+                "node_status.sh failed on %s (exit code %d): %s", node.label, reply.exit_code, reply.stderr
+            )
+            return NodeStatus(reachable=True)
+        return NodeStatus.from_reply(reply.data)
+
+    # --- progress ------------------------------------------------------------------
+
+    _progress_node = ""
+
+    def _new_progress_log(self) -> _ProgressLog:
+        old, self._progress_log = self._progress_log, _ProgressLog()
+        if old is not None:
+            old.wake()  # its listeners move on to the new log
+        return self._progress_log
+
+    def _report(self, percent: int, message: str) -> None:
+        """Add a progress event (event loop only)."""
+        if self._progress_log is None:
+            self._new_progress_log()
+        self.log.debug("Progress of %s: %d%% %s", self._log_name, percent, message)
+        self._progress_log.add(percent, message)
+
+    def _reporter_for_threads(self):
+        """A callback for worker threads that hands each step to the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def report(percent: int, message: str) -> None:
+            loop.call_soon_threadsafe(self._report, percent, message)
+
+        return report
+
+    async def progress(self):
+        """The steps of the start under way, as JupyterHub's progress events.
+
+        Replays the steps so far to a late listener (the spawn page opens
+        after the start began); JupyterHub ends the stream when the spawn
+        is over and adds the final event itself (ready, or failed with the
+        reason).
+        """
+        log, seen = None, 0
+        while True:
+            if self._progress_log is None:
+                self._new_progress_log()
+            if self._progress_log is not log:
+                log, seen = self._progress_log, 0
+            if seen < len(log.events):
+                # One at a time: more may arrive while the listener has this one.
+                seen += 1
+                yield dict(log.events[seen - 1])
+                continue
+            await log.changed.wait()
+
     # --- the spawner API ---------------------------------------------------------
 
     async def start(self):
         self._starting = True
+        if self._progress_log is None or self._progress_log.events:
+            self._new_progress_log()
         try:
             return await self._start()
         except Exception:
@@ -437,7 +629,16 @@ class RemoteSingularitySpawner(Spawner):
             options = validate_user_options(user_options, [n.label for n in nodes])
         except OptionsError as e:
             raise self._fail(f"Cannot start your server: {e}", reason="options") from None
-        return next(n for n in nodes if n.label == options.host), options
+        node = next(n for n in nodes if n.label == options.host)
+        status = self._cached_status(node)
+        if status is not None and not status.reachable:
+            others = [n.label for n in nodes if n is not node]
+            raise self._fail(
+                f"Cannot start your server: node {node.label} is unreachable ({status.error})."
+                + (f" Please choose another node ({', '.join(others)})." if others else ""),
+                reason="unreachable",
+            )
+        return node, options
 
     async def _start(self):
         if not self.singularity_container_path:
@@ -464,6 +665,7 @@ class RemoteSingularitySpawner(Spawner):
         except ValueError as e:
             raise self._fail(f"the Hub is misconfigured: {e}", reason="config") from None
         timeout = max(5, int(self.start_timeout - self.ssh_connect_timeout - 5))
+        gpu_args = self.gpu_singularity_args if node.label in self.gpu_nodes else []
         args = [
             "--exe", self.singularity_exe_path,
             "--image", self.singularity_container_path,
@@ -471,7 +673,7 @@ class RemoteSingularitySpawner(Spawner):
             "--port-range", "{}-{}".format(*self.port_range),
             "--timeout", str(timeout),
         ]
-        for extra in self.singularity_args:
+        for extra in [*self.singularity_args, *gpu_args]:
             args += ["--singularity-arg", extra]
         for bind in default_binds + options.binds:
             args += ["--bind", bind.spec]
@@ -479,8 +681,12 @@ class RemoteSingularitySpawner(Spawner):
 
         target = self._target(node.address, login)
         self.log.info("Starting %s on %s (%s) as %s", self._log_name, node.label, node.address, login)
+        self._progress_node = node.label
+        self._report(10, f"connecting to {node.label} as {login}")
         future = asyncio.ensure_future(
-            self._in_thread(self._run_script, target, "start_singleuser.sh", args, env)
+            self._in_thread(
+                self._run_script, target, "start_singleuser.sh", args, env, self._reporter_for_threads()
+            )
         )
         self._pending_start = (future, target)
         try:
@@ -513,6 +719,7 @@ class RemoteSingularitySpawner(Spawner):
         self.node, self.address, self.login = node.label, node.address, login
         self.scripts_version = reply.data["scripts_version"]
         self._unreachable_since = None
+        self._report(90, f"the server is up on {node.label}; waiting for it to answer the Hub")
         self.log.info(
             "Started %s on %s: pid %d, port %d, log %s",
             self._log_name, node.label, self.pid, self.port, self.log_path,
@@ -750,6 +957,26 @@ async def _apply_user_options(spawner: RemoteSingularitySpawner, user_options) -
 
 async def _render_options_form(spawner: RemoteSingularitySpawner) -> str:
     nodes = await spawner.usable_nodes()
+    statuses = await spawner.node_statuses(nodes)
+    return render_form(nodes, statuses, spawner.gpu_nodes, spawner.default_bind_path)
+
+
+def render_form(nodes: list[Node], statuses: list[NodeStatus | None], gpu_nodes, default_binds: str) -> str:
+    """The options form: one choice per node with its status; unreachable ones disabled."""
+    choices = []
+    for node, status in zip(nodes, statuses, strict=True):
+        choices.append(
+            {
+                "node": node,
+                "gpu": node.label in gpu_nodes,
+                "status": status.summary() if status is not None else "",
+                "disabled": status is not None and not status.reachable,
+            }
+        )
+    selected = next((c for c in choices if not c["disabled"]), None)
     return _templates.get_template("options_form.html").render(
-        nodes=nodes, default_binds=spawner.default_bind_path
+        choices=choices,
+        selected=selected,
+        any_gpu=any(c["gpu"] for c in choices),
+        default_binds=default_binds,
     )

@@ -223,6 +223,16 @@ bwrap_usable() {
     [ "$output" = /srv/h ]
 }
 
+@test "--nv and --rocm on a host without GPU warn and still run the container" {
+    run -0 --separate-stderr "$SING" exec --nv "$IMG" echo ran
+    [ "$output" = ran ]
+    [ "$stderr" = "WARNING: Could not find any nv files on this host!" ]
+    run -0 --separate-stderr "$APPT" exec --rocm "$IMG" true
+    [ "$stderr" = "WARNING: Could not find any rocm files on this host!" ]
+    run -0 --separate-stderr "$SING" exec "$IMG" true
+    [ "$stderr" = "" ]
+}
+
 @test "SINGULARITYENV_X sets X; apptainer prefers APPTAINERENV_X and warns" {
     SINGULARITYENV_X=one run -0 "$SING" exec "$IMG" printenv X
     [ "$output" = one ]

@@ -15,6 +15,15 @@ teardown() { common_teardown; }
   [[ "${output}" == *'"ok": true'* ]]
 }
 
+@test "reports its steps as @progress lines on stderr, percentages rising" {
+  start_ok
+  local -a steps
+  mapfile -t steps < <(grep '^@progress ' <<<"${stderr}")
+  [ "${#steps[@]}" -eq 2 ]
+  [ "${steps[0]}" = "@progress 40 starting the container jupyter.sif" ]
+  [ "${steps[1]}" = "@progress 60 waiting for the server to listen on port ${PORT}" ]
+}
+
 @test "the recorded PID leads its own session and is singularity's runtime parent" {
   start_ok
   [ "$(stat_field "${PID}" 5)" = "${PID}" ]   # process group

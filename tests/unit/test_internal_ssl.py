@@ -334,7 +334,7 @@ async def test_the_certificates_of_a_start_the_hub_gave_up_on_go_when_it_complet
     certs_dir = s.certs_dir
     release = threading.Event()
 
-    def run(target, script, args, stdin=""):
+    def run(target, script, args, stdin="", on_progress=None):
         if script == "start_singleuser.sh":
             release.wait(10)
             return reply(0, pid=99, start_time=5, port=50000)

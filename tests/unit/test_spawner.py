@@ -40,12 +40,15 @@ async def test_poll_of_a_never_started_spawner_is_0():
     assert await make_spawner().poll() == 0
 
 
-async def test_form_lists_valid_nodes_first_preselected_and_escaped():
+async def test_form_lists_valid_nodes_first_preselected_and_escaped(monkeypatch):
     spawner_module._node_cache.clear()
+    spawner_module._status_cache.clear()
     s = make_spawner(
         nodelist="n1:10.0.0.1,bad<script>:10.0.0.2,:10.0.0.3",
         default_bind_path="/scratch;/x<y>",
     )
+    # Both nodes answer the status check.
+    monkeypatch.setattr(s, "_run_script", lambda *a: spawner_module.remote.Reply(0, {"servers": 0}))
     html = await s.get_options_form()
     assert html.count("<option") == 2
     assert 'value="n1" selected' in html
@@ -224,7 +227,7 @@ async def test_a_start_the_hub_gave_up_on_is_stopped_when_it_completes(monkeypat
     release = threading.Event()
     calls = []
 
-    def run(target, script, args, stdin=""):
+    def run(target, script, args, stdin="", on_progress=None):
         calls.append((script, list(args)))
         if script == "start_singleuser.sh":
             release.wait(10)
@@ -257,7 +260,7 @@ async def test_stopping_a_server_that_is_still_starting_stops_it_once_started(mo
     release = threading.Event()
     calls = []
 
-    def run(target, script, args, stdin=""):
+    def run(target, script, args, stdin="", on_progress=None):
         calls.append((script, list(args)))
         if script == "start_singleuser.sh":
             started.set()
@@ -325,7 +328,7 @@ def test_the_wheel_ships_scripts_template_and_entry_point(tmp_path):
     )
     (wheel,) = tmp_path.glob("remote_singularity_spawner-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for script in ("common.sh", "start_singleuser.sh", "check_pid.sh", "stop.sh"):
+    for script in ("common.sh", "start_singleuser.sh", "check_pid.sh", "stop.sh", "node_status.sh"):
         assert f"remotesingularityspawner/scripts/{script}" in names
     assert "remotesingularityspawner/templates/options_form.html" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -1,0 +1,82 @@
+"""End to end in a real browser: what a notebook user does, click by click.
+
+Headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no
+browser is downloaded) logs in, picks a node and a bind in the form, starts,
+watches the spawn page's steps, reaches JupyterLab through the proxy and
+stops the server from the home page. On failure it saves a screenshot and
+names it in the failure.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import cluster as cluster_mod
+import pytest
+from conftest import nothing_left, servers_of, user_processes, wait_until
+from test_spawn import NODE2
+
+CHROMIUM = "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+
+
+@pytest.fixture
+def browser():
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or run .ci/setup)")
+    with playwright.sync_playwright() as pw:
+        # --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def start_and_stop(hub, page, user, node):
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", hub.password)
+    page.click("#login_submit")
+    page.wait_for_url(re.compile(r"/hub/(home|spawn)"))
+
+    page.goto(f"{hub.url}/hub/spawn/{user}")
+    choice = page.locator(f'#rss-host option[value="{node}"]').inner_text()
+    assert "GiB free" in choice and "server" in choice, f"no node status in the form: {choice!r}"
+    page.select_option("#rss-host", node)
+    page.fill("#rss-binds", "/var/tmp:/mnt:ro")
+    page.click("form button[type=submit]")
+
+    # The spawn page lists each step as it comes.
+    log = page.locator("#progress-log")
+    log.locator(".progress-log-event", has_text=f"connecting to {node}").wait_for(state="attached")
+    log.locator(".progress-log-event", has_text="starting the container").wait_for(state="attached")
+
+    page.wait_for_url(re.compile(rf"/user/{user}/(lab|tree)"), timeout=120_000)
+    page.wait_for_function("document.title.includes('JupyterLab')", timeout=90_000)
+    status = page.request.get(f"{hub.url}/user/{user}/api/status")
+    assert status.ok, status.text()
+
+    server = servers_of(node, user)
+    assert len(server) == 1, user_processes(node, user)
+    mounts = cluster_mod.node_run(node, ["cat", f"/proc/{server[0]['pid']}/mounts"]).stdout
+    assert " /mnt " in mounts, "the bind typed in the form reached the container"
+
+    page.goto(f"{hub.url}/hub/home")
+    page.click("#stop")
+    page.locator("#start", has_text="Start My Server").wait_for(state="visible", timeout=90_000)
+    assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
+
+
+def test_a_user_starts_jupyterlab_on_a_chosen_node_and_stops_it(hub, browser, tmp_path):
+    user, node = "rss-carol", NODE2
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)
+    try:
+        start_and_stop(hub, page, user, node)
+    except Exception as e:
+        shot = tmp_path / "browser-failure.png"
+        page.screenshot(path=str(shot), full_page=True)
+        raise AssertionError(f"{e}\nat {page.url}; screenshot: {shot}") from e
+    finally:
+        if hub.server_model(user) is not None:
+            hub.stop_server(user)
