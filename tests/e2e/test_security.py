@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import cluster as cluster_mod
 import pytest
+import requests
 from conftest import USERS, login, servers_of, spawn_failure, wait_until
 from test_spawn import node_token
 
@@ -156,11 +157,19 @@ def api_failure(hub, user: str, server: str, options) -> str:
     return r.json()["message"]
 
 
-def form_failure(hub, user: str, fields: dict) -> str:
-    """Submit the spawn form as a browser does, expecting a refusal; the page's message."""
+def open_form(hub, user: str) -> tuple[requests.Session, str]:
+    """Log in and load the spawn form as a browser does; the session and the form's action URL.
+
+    Rendering the form logs in to the nodes as the user (the node status beside
+    each node): that is the form's own doing, before any value is typed in.
+    """
     session = login(hub, user)
     page = session.get(f"{hub.url}/hub/spawn/{user}", timeout=30).text
-    action = html.unescape(re.search(r'action="(/hub/spawn/[^"]+)"', page).group(1))
+    return session, html.unescape(re.search(r'action="(/hub/spawn/[^"]+)"', page).group(1))
+
+
+def submit_form(hub, user: str, session: requests.Session, action: str, fields: dict) -> str:
+    """Submit the spawn form, expecting a refusal; the page's message."""
     r = session.post(f"{hub.url}{action}", data=fields, timeout=120)
     if "/spawn-pending/" in r.url:
         return hub.progress_events(user)[-1]["message"]
@@ -255,13 +264,15 @@ def test_hostile_value_is_refused_naming_it_and_nothing_runs(hub, no_canary, cas
     if created:
         r = hub.api("POST", f"/users/{quote(user, safe='')}")
         assert r.status_code == 201, f"JupyterHub refused the username itself: {r.text}"
+    form = open_form(hub, user) if case.via == "form" else None
+    # From here on the hostile value is in play.
     offsets = log_offsets()
     before = processes_of_test_users()
     try:
-        if case.via == "api":
+        if form is None:
             message = api_failure(hub, user, server, case.options)
         else:
-            message = form_failure(hub, user, case.options)
+            message = submit_form(hub, user, *form, case.options)
     finally:
         if created:
             hub.api("DELETE", f"/users/{quote(user, safe='')}")
