@@ -15,17 +15,17 @@ import shutil
 import cluster as cluster_mod
 import pytest
 from conftest import nothing_left, servers_of, user_processes, wait_until
+from playwright.sync_api import sync_playwright  # the test extra; a missing one fails, not skips
 from test_spawn import NODE2
 
 CHROMIUM = "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
 
 
 @pytest.fixture
 def browser():
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or run .ci/setup)")
-    with playwright.sync_playwright() as pw:
+    with sync_playwright() as pw:
         # --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
