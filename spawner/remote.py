@@ -627,7 +627,6 @@ class NodeSession:
         self.pool = pool if pool is not None else ConnectionPool(idle_timeout=0, keepalive=0)
         self._own_pool = pool is None
         self._entry: _Pooled | None = None
-        self._on_progress: ProgressCallback | None = None
 
     def __enter__(self) -> NodeSession:
         self._entry = self.pool.acquire(self.target, self.log)
@@ -658,9 +657,8 @@ class NodeSession:
         assert self._entry is not None, "use NodeSession as a context manager"
         args = list(args)
         reused = not self._entry.fresh
-        self._on_progress = on_progress
         try:
-            return self._run_checked(script, args, stdin, timeout)
+            return self._run_checked(script, args, stdin, timeout, on_progress)
         except ConnectError:
             self.pool.discard(self._entry)
             if not (reused and script in IDEMPOTENT_SCRIPTS):
@@ -672,24 +670,26 @@ class NodeSession:
         self._entry = None
         self._entry = self.pool.acquire(self.target, self.log)
         try:
-            return self._run_checked(script, args, stdin, timeout)
+            return self._run_checked(script, args, stdin, timeout, on_progress)
         except ConnectError:
             self.pool.discard(self._entry)
             raise
 
-    def _run_checked(self, script: str, args: list[str], stdin: str, timeout: float | None) -> Reply:
+    def _run_checked(
+        self, script: str, args: list[str], stdin: str, timeout: float | None, on_progress
+    ) -> Reply:
         key = (self.target.host, self.target.username, self.user_dir, self.node_dir)
         found = self._found.get(key)
         if found is None or (script == RECHECK_SCRIPT and found != self.node_dir and self.node_dir):
             # A start looks for the node-wide copy again: one deployed since is used at once.
             found = self._prepare(key)
         self.script_dir = found
-        reply = self._run(script, args, stdin, timeout)
+        reply = self._run(script, args, stdin, timeout, on_progress)
         if reply.exit_code == _EXIT_NO_SUCH_FILE and self.script_dir in reply.stderr:
             # Someone removed that copy since we last looked.
             self._found.pop(key, None)
             self.script_dir = self._prepare(key)
-            reply = self._run(script, args, stdin, timeout)
+            reply = self._run(script, args, stdin, timeout, on_progress)
         return reply
 
     def _prepare(self, key: tuple[str, str, str, str]) -> str:
@@ -733,7 +733,14 @@ class NodeSession:
                 raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
             raise RemoteError(f"cannot {what}: {e}") from None
 
-    def _run(self, script: str, args: Iterable[str], stdin: str, timeout: float | None = None) -> Reply:
+    def _run(
+        self,
+        script: str,
+        args: Iterable[str],
+        stdin: str,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Reply:
         entry = self._entry
         command = shlex.join(["bash", f"{self.script_dir}/{script}", *args])
         self.log.debug("on %s as %s: %s", self.target.host, self.target.username, command)
@@ -742,9 +749,9 @@ class NodeSession:
                 # Fabric would silently log in again, racing other threads: let the pool do it.
                 raise EOFError("the connection was closed")
             relay = {}
-            if self._on_progress is not None:
+            if on_progress is not None:
                 # Echo stderr (only) into the relay while it arrives; it is captured all the same.
-                relay = {"err_stream": LineRelay(self._on_progress), "hide": "stdout"}
+                relay = {"err_stream": LineRelay(on_progress), "hide": "stdout"}
             with entry.sessions:
                 return run_command(entry.conn, command, stdin, timeout, **relay)
         except invoke.CommandTimedOut:
