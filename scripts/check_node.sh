@@ -15,11 +15,11 @@
 # common.sh (`bash -s -- ARGS`), which is how deploy.py runs it.
 set -euo pipefail
 umask 077
+RSS_NAME=check_node.sh  # for die(): fed on stdin, $0 is "bash"
 
-if [[ -z "${RSS_EXIT_OK+x}" ]]; then
-  # shellcheck source-path=SCRIPTDIR source=common.sh
-  source "${BASH_SOURCE[0]%/*}/common.sh"
-fi
+# Fed on stdin, common.sh came first.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+[[ -n "${RSS_EXIT_OK+x}" ]] || source "${BASH_SOURCE[0]%/*}/common.sh"
 
 usage() {
   printf 'Usage: check_node.sh --exe SINGULARITY --image IMAGE --scripts-dir DIR\n'
@@ -43,37 +43,18 @@ readable_by_all() {
 }
 
 #######################################
-# Print why PATH may not be trusted (not root's, or group/other writable);
-# print nothing if it may.
-#######################################
-untrusted_because() {
-  local owner mode
-  read -r owner mode < <(stat -L -c '%u %a' -- "$1")
-  if [[ "${owner}" != 0 ]]; then
-    printf '%s is owned by uid %s, not root' "$1" "${owner}"
-  elif ((8#${mode} & 8#022)); then
-    printf '%s is writable by group or others (mode %s)' "$1" "${mode}"
-  fi
-}
-
-#######################################
 # Check DIR, its parents and its files. Sets SCRIPTS_STATE, SCRIPTS_PROBLEM
 # and SCRIPTS_SUMS.
 #######################################
 inspect_scripts() {
-  local dir="$1" path file problem="" sum
+  local dir="$1" file problem sum
   SCRIPTS_STATE=missing
   SCRIPTS_PROBLEM=""
   SCRIPTS_SUMS=""
   [[ -d "${dir}" ]] || return 0
-  path=${dir}
-  while [[ -n "${path}" && -z "${problem}" ]]; do
-    problem=$(untrusted_because "${path}")
-    path=${path%/*}
-  done
+  problem=$(node_wide_problem "${dir}")
   for file in "${dir}"/*; do
     [[ -f "${file}" ]] || continue
-    [[ -n "${problem}" ]] || problem=$(untrusted_because "${file}")
     read -r sum _ < <(sha256sum -- "${file}")
     SCRIPTS_SUMS+="${SCRIPTS_SUMS:+ }${file##*/}=${sum}"
   done
@@ -86,15 +67,7 @@ inspect_scripts() {
 
 main() {
   local exe="" image="" scripts_dir=""
-  while (($#)); do
-    case "$1" in
-      --exe) exe="${2?}"; shift 2 ;;
-      --image) image="${2?}"; shift 2 ;;
-      --scripts-dir) scripts_dir="${2?}"; shift 2 ;;
-      -h | --help) usage; exit 0 ;;
-      *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
-    esac
-  done
+  parse_options exe image scripts-dir -- "$@"
   [[ -n "${exe}" && "${image}" == /* && "${scripts_dir}" == /* ]] \
     || die "${RSS_EXIT_USAGE}" "--exe, an absolute --image and an absolute --scripts-dir are required"
 
@@ -123,4 +96,5 @@ main() {
     "$(json_str "${SCRIPTS_STATE}")" "$(json_str "${SCRIPTS_PROBLEM}")" "$(json_str "${SCRIPTS_SUMS}")"
 }
 
-main "$@"
+# Fed on stdin, bash would read on after main: nothing that follows is to run.
+main "$@"; exit

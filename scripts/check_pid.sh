@@ -16,18 +16,11 @@ usage() {
 }
 
 main() {
-  local pid="" start=""
-  while (($#)); do
-    case "$1" in
-      --pid) pid="${2?}"; shift 2 ;;
-      --start-time) start="${2?}"; shift 2 ;;
-      -h | --help) usage; exit 0 ;;
-      *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
-    esac
-  done
+  local pid="" start_time=""
+  parse_options pid start-time -- "$@"
   require_uint --pid "${pid}"
-  require_uint --start-time "${start}"
-  if is_alive "${pid}" "${start}"; then
+  require_uint --start-time "${start_time}"
+  if is_alive "${pid}" "${start_time}"; then
     printf '{"running": true}\n'
     return "${RSS_EXIT_OK}"
   fi

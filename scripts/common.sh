@@ -1,11 +1,14 @@
 # shellcheck shell=bash disable=SC2034  # constants are used by the scripts that source this file
 #
 # Shared helpers for the remote-singularity-spawner node scripts.
-# Sourced by start_singleuser.sh, check_pid.sh and stop.sh; not run alone.
+# Sourced by every script (or fed on stdin before put_files.sh and
+# check_node.sh); not run alone.
 #
-# Exit codes: one table, mirrored in remotesingularityspawner/remote.py
+# Exit codes: one table, mirrored in remotesingularityspawner/remote/protocol.py
 # (ExitCode). A unit test keeps the two in step. They stay clear of
-# 1 (generic), 2 (bash misuse), 126, 127, 128+n and 255.
+# 1 (generic), 2 (bash misuse), 126, 127, 128+n and 255. NO_SCRIPTS is also
+# what the launcher every command goes through (protocol.LAUNCHER) exits with
+# when the script file is missing.
 readonly RSS_EXIT_OK=0
 readonly RSS_EXIT_NOT_RUNNING=3
 readonly RSS_EXIT_SERVER_DIED=4
@@ -13,6 +16,8 @@ readonly RSS_EXIT_START_TIMEOUT=5
 readonly RSS_EXIT_NO_FREE_PORT=6
 readonly RSS_EXIT_BAD_INPUT=7
 readonly RSS_EXIT_STOP_FAILED=8
+readonly RSS_EXIT_NO_SCRIPTS=9
+readonly RSS_EXIT_CANNOT_WRITE=10
 readonly RSS_EXIT_USAGE=64
 
 # Environment keys the Hub may not set for the server: they belong to the
@@ -20,13 +25,14 @@ readonly RSS_EXIT_USAGE=64
 readonly RSS_RESERVED_ENV_RE='^(PATH|HOME|USER|LOGNAME|SHELL|PWD|OLDPWD|IFS|ENV|BASH_ENV|BASH_FUNC_.*|SHELLOPTS|BASHOPTS|PS4|LD_.*)$'
 
 #######################################
-# Print a message to stderr and exit.
+# Print a message to stderr and exit. Messages start with the script's
+# name: $0, or RSS_NAME for a script fed on stdin.
 # Arguments: exit code, message...
 #######################################
 die() {
   local code="$1"
   shift
-  printf '%s: %s\n' "${0##*/}" "$*" >&2
+  printf '%s: %s\n' "${RSS_NAME:-${0##*/}}" "$*" >&2
   exit "${code}"
 }
 
@@ -50,6 +56,104 @@ json_str() {
   s=${s//$'\t'/\\t}
   s=${s//$'\r'/\\r}
   printf '"%s"' "${s}"
+}
+
+#######################################
+# Run a command that writes to the file system; if it fails, die with
+# RSS_EXIT_CANNOT_WRITE naming what could not be done and the system's reason
+# (Permission denied, Disk quota exceeded, No space left on device, ...).
+# Arguments: what (e.g. "create the directory X"), command...
+#######################################
+try_write() {
+  local what="$1" err
+  shift
+  if ! err=$("$@" 2>&1); then
+    die "${RSS_EXIT_CANNOT_WRITE}" "cannot ${what}: ${err##*: }" \
+      "(is the home directory full (disk quota) or read-only?)"
+  fi
+}
+
+#######################################
+# Print why PATH may not be trusted (not root's, or writable by group or
+# others); print nothing if it may.
+#######################################
+untrusted_because() {
+  local owner mode
+  read -r owner mode < <(stat -L -c '%u %a' -- "$1")
+  if [[ "${owner}" != 0 ]]; then
+    printf '%s is owned by uid %s, not root' "$1" "${owner}"
+  elif ((8#${mode} & 8#022)); then
+    printf '%s is writable by group or others (mode %s)' "$1" "${mode}"
+  fi
+}
+
+#######################################
+# Print why the node-wide scripts directory DIR may not be used, or nothing
+# if it may: DIR, every directory above it and every file in it must belong
+# to root and be writable by nobody else, so that no user can change what
+# another user's server runs. (The one place of this rule: put_files.sh
+# applies it for the spawner, check_node.sh for `invoke check`.)
+#######################################
+node_wide_problem() {
+  local dir="$1" path file problem=""
+  if [[ ! -d "${dir}" ]]; then
+    printf '%s does not exist' "${dir}"
+    return 0
+  fi
+  path=${dir}
+  while [[ -n "${path}" && -z "${problem}" ]]; do
+    problem=$(untrusted_because "${path}")
+    path=${path%/*}
+  done
+  for file in "${dir}"/*; do
+    [[ -n "${problem}" ]] || problem=$(untrusted_because "${file}")
+  done
+  printf '%s' "${problem}"
+}
+
+#######################################
+# Print the version of the scripts in DIR: the first 16 hex digits of the
+# SHA-256 of each file's name and content, each followed by a NUL, in name
+# order (as ScriptBundle computes it).
+#######################################
+bundle_version() {
+  local LC_ALL=C file sum
+  sum=$(
+    for file in "$1"/*; do
+      [[ -f "${file}" ]] || continue
+      printf '%s\0' "${file##*/}"
+      cat -- "${file}"
+      printf '\0'
+    done | sha256sum
+  )
+  printf '%s' "${sum:0:16}"
+}
+
+#######################################
+# Parse "--name VALUE" options into the caller's local variables of the same
+# name with "_" for "-" (--start-time sets start_time). Only the names given
+# before "--" are accepted; -h/--help prints the caller's usage and exits.
+# Arguments: names..., --, the script's arguments
+#######################################
+parse_options() {
+  local -A allowed=()
+  local name
+  while [[ "$1" != -- ]]; do
+    allowed[$1]=1
+    shift
+  done
+  shift
+  while (($#)); do
+    case "$1" in
+      -h | --help) usage; exit 0 ;;
+      --?*) ;;
+      *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
+    esac
+    name=${1#--}
+    [[ -n "${allowed[${name}]:-}" ]] || die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)"
+    printf -v "${name//-/_}" '%s' "${2?"$1 needs a value"}"
+    shift 2
+  done
 }
 
 #######################################

@@ -129,6 +129,11 @@ pick_port() {
   return 1
 }
 
+# shellcheck disable=SC2317  # called through try_write
+truncate_file() {
+  : >"$1"
+}
+
 log_tail() {
   printf -- '--- last lines of %s ---\n' "$1" >&2
   tail -n "${LOG_TAIL_LINES}" -- "$1" >&2 || true
@@ -165,17 +170,19 @@ main() {
   ((1024 <= low && low <= high && high <= 65535)) \
     || die "${RSS_EXIT_USAGE}" "--port-range ${port_range} is outside 1024-65535"
   require_uint --timeout "${timeout}"
+  # Read stdin to its end before anything can fail: a command that exits with its
+  # input unread can make sshd drop the connection the Hub shares with other commands.
+  import_environment
   local cmd_exe
   cmd_exe=$(command -v -- "${exe}") || die "${RSS_EXIT_USAGE}" "'${exe}' not found on PATH (${PATH})"
 
   cd "${HOME}"
-  import_environment
   local service_url=${JUPYTERHUB_SERVICE_URL:-}
   [[ "${service_url}" =~ ^(https?://[^/]+):[0-9]+(/.*)?$ ]] \
     || die "${RSS_EXIT_BAD_INPUT}" "JUPYTERHUB_SERVICE_URL missing or malformed on stdin"
   local url_head=${BASH_REMATCH[1]} url_tail=${BASH_REMATCH[2]}
 
-  mkdir -p -- "${server_dir}"
+  try_write "create the server's directory ${server_dir}" mkdir -p -m 700 -- "${server_dir}"
   chmod 700 -- "${server_dir}"
   local log="${server_dir}/server.log" pidfile="${server_dir}/server.pid"
   [[ "${log}" == /* ]] || log="${HOME}/${log}"
@@ -186,7 +193,7 @@ main() {
       || die "${RSS_EXIT_NO_FREE_PORT}" "no free port in ${port_range}"
     export JUPYTERHUB_SERVICE_URL="${url_head}:${port}${url_tail}"
     export_for_container "${evaluation}"
-    : >"${log}"
+    try_write "write the server's log ${log}" truncate_file "${log}"
     progress 40 "starting the container ${image##*/}"
     # setsid makes the server a session and process-group leader: its PID
     # is the group to signal, and it survives the end of this SSH session.

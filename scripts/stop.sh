@@ -24,25 +24,15 @@ USAGE
 }
 
 main() {
-  local pid="" start="" server_dir="" term_timeout=10 kill_timeout=5
-  while (($#)); do
-    case "$1" in
-      --pid) pid="${2?}"; shift 2 ;;
-      --start-time) start="${2?}"; shift 2 ;;
-      --server-dir) server_dir="${2?}"; shift 2 ;;
-      --term-timeout) term_timeout="${2?}"; shift 2 ;;
-      --kill-timeout) kill_timeout="${2?}"; shift 2 ;;
-      -h | --help) usage; exit 0 ;;
-      *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
-    esac
-  done
+  local pid="" start_time="" server_dir="" term_timeout=10 kill_timeout=5
+  parse_options pid start-time server-dir term-timeout kill-timeout -- "$@"
   require_uint --pid "${pid}"
-  require_uint --start-time "${start}"
+  require_uint --start-time "${start_time}"
   require_uint --term-timeout "${term_timeout}"
   require_uint --kill-timeout "${kill_timeout}"
   cd "${HOME}"
 
-  stop_server "${pid}" "${start}" "${term_timeout}" "${kill_timeout}" \
+  stop_server "${pid}" "${start_time}" "${term_timeout}" "${kill_timeout}" \
     || die "${RSS_EXIT_STOP_FAILED}" "still running after SIGKILL: ${STOP_SURVIVORS}"
   if [[ -n "${server_dir}" ]]; then
     rm -f -- "${server_dir}/server.pid"
