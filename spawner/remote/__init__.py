@@ -1,0 +1,45 @@
+"""Run the node scripts over SSH. Knows nothing of JupyterHub; everything here blocks.
+
+- :mod:`.protocol`: the wire format with the scripts (argv, stdin records, replies);
+- :mod:`.bundle`: the scripts of one version and its hash;
+- :mod:`.ssh`: log in with the host key verified, run one command;
+- :mod:`.pool`: connections kept per user and node;
+- :mod:`.session`: find or send the scripts, run one, retry on a broken connection.
+"""
+
+from .bundle import DEFAULT_NODE_SCRIPTS_DIR, SCRIPT_FILES, ScriptBundle, packaged_scripts_dir
+from .pool import ConnectionPool
+from .protocol import (
+    ExitCode,
+    LineRelay,
+    ProgressCallback,
+    Reply,
+    ScriptCall,
+    command_line,
+    env_payload,
+    files_payload,
+    parse_progress,
+    parse_reply,
+)
+from .session import IDEMPOTENT_SCRIPTS, RECHECK_SCRIPT, NodeSession
+from .ssh import (
+    ConnectError,
+    HostKeyError,
+    IdentityError,
+    RemoteError,
+    Target,
+    connect,
+    find_private_key,
+    load_private_key,
+    probe_port,
+    run_command,
+)
+
+__all__ = [
+    "DEFAULT_NODE_SCRIPTS_DIR", "IDEMPOTENT_SCRIPTS", "RECHECK_SCRIPT", "SCRIPT_FILES",
+    "ConnectError", "ConnectionPool", "ExitCode", "HostKeyError", "IdentityError", "LineRelay",
+    "NodeSession", "ProgressCallback", "RemoteError", "Reply", "ScriptBundle", "ScriptCall", "Target",
+    "command_line", "connect", "env_payload", "files_payload", "find_private_key",
+    "load_private_key", "packaged_scripts_dir", "parse_progress", "parse_reply", "probe_port",
+    "run_command",
+]  # fmt: skip

@@ -1,0 +1,224 @@
+"""SSH with Fabric: log in as a user with the host key verified, run one command.
+
+Every function here blocks (network, key files) and is meant for a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import fabric
+import paramiko
+
+from .protocol import Reply, parse_reply
+
+# Callers pass their own logger (the spawner passes the Hub's); this one is
+# the fallback for use outside JupyterHub.
+default_log = logging.getLogger("remotesingularityspawner.remote")
+
+
+class RemoteError(Exception):
+    """Something went wrong on the way to the node or on it."""
+
+
+class ConnectError(RemoteError):
+    """The node could not be reached (network, sshd down, timeout)."""
+
+
+class HostKeyError(RemoteError):
+    """The node's host key is unknown or has changed: the spawn is refused."""
+
+
+class IdentityError(RemoteError):
+    """The user's private key is missing, unreadable or unusable, or login failed."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom to connect."""
+
+    host: str
+    username: str
+    key_files: tuple[str, ...]
+    known_hosts_files: tuple[str, ...]
+    port: int = 22
+    connect_timeout: float = 10.0
+    verify_host_key: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.username}@{self.host}:{self.port}"
+
+
+def load_private_key(paths: Sequence[str]) -> paramiko.PKey:
+    """Load the first of *paths* that exists (any type paramiko knows)."""
+    return find_private_key(paths)[1]
+
+
+def find_private_key(paths: Sequence[str]) -> tuple[str, paramiko.PKey]:
+    """The first of *paths* that exists, and its key loaded; IdentityError if none is usable."""
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        try:
+            return path, paramiko.PKey.from_path(path)
+        except (paramiko.PasswordRequiredException, TypeError) as e:
+            # cryptography says "Password was not given but private key is encrypted".
+            if isinstance(e, TypeError) and "assword" not in str(e):
+                raise IdentityError(f"cannot load the private key {path}: {e}") from None
+            raise IdentityError(
+                f"the private key {path} is protected by a passphrase, which the spawner "
+                "cannot type: give this user a key without a passphrase for the compute nodes"
+            ) from None
+        except (OSError, ValueError, paramiko.SSHException) as e:
+            raise IdentityError(f"cannot load the private key {path}: {e}") from None
+    raise IdentityError(
+        "no private key found; looked for: " + ", ".join(paths)
+        + ". Create one (ssh-keygen -t ed25519) and add it to ~/.ssh/authorized_keys"
+    )
+
+
+class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyError(
+            f"the host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
+            f"known_hosts: refusing to connect. If it is the node's real key, add it to "
+            "/etc/ssh/ssh_known_hosts (e.g. `ssh-keyscan` on a trusted path, then compare "
+            "the fingerprint); `invoke check` then shows every node it can reach."
+        )
+
+
+class _AcceptUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+
+    def missing_host_key(self, client, hostname, key):
+        self.log.warning(
+            "host key checking is DISABLED: accepting %s key %s of %s unverified",
+            key.get_name(), key.fingerprint, hostname,
+        )
+
+
+def _fabric_config() -> fabric.Config:
+    # No ssh_config or Fabric/Invoke config files of the Hub's account (lazy):
+    # what we connect to and how is decided by the spawner's traits alone.
+    return fabric.Config(
+        ssh_config=paramiko.SSHConfig(),
+        lazy=True,
+        overrides={"run": {"hide": True, "warn": True, "echo_stdin": False, "pty": False}},
+    )
+
+
+def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
+    """Open an SSH connection as the user, with the host key verified."""
+    key_path, pkey = find_private_key(target.key_files)
+    conn = fabric.Connection(
+        host=target.host,
+        user=target.username,
+        port=target.port,
+        config=_fabric_config(),
+        connect_timeout=max(1, round(target.connect_timeout)),
+        connect_kwargs={
+            "pkey": pkey,
+            "allow_agent": False,
+            "look_for_keys": False,
+            "banner_timeout": target.connect_timeout,
+            "auth_timeout": target.connect_timeout,
+        },
+    )
+    client = conn.client
+    if target.verify_host_key:
+        client.set_missing_host_key_policy(_RejectUnknownHost())
+        for path in target.known_hosts_files:
+            if os.path.isfile(path):
+                try:
+                    client.get_host_keys().load(path)
+                except (OSError, paramiko.SSHException) as e:
+                    log.warning("cannot read known_hosts file %s: %s", path, e)
+    else:
+        client.set_missing_host_key_policy(_AcceptUnknownHost(log))
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as e:
+        conn.close()
+        raise HostKeyError(
+            f"the host key of {target.host} has CHANGED (offered {e.key.get_name()} "
+            f"{e.key.fingerprint}, known {e.expected_key.fingerprint}): refusing to connect. "
+            "This can mean an attack; if the node was reinstalled, replace its entry in "
+            "known_hosts."
+        ) from None
+    except paramiko.AuthenticationException as e:
+        conn.close()
+        raise IdentityError(
+            f"login as {target} with the key {key_path} refused ({e}): add {key_path}.pub to "
+            f"~{target.username}/.ssh/authorized_keys on the node, and make sure ~/.ssh and that "
+            "file are writable by the user alone (sshd ignores them otherwise)"
+        ) from None
+    except (HostKeyError, IdentityError):
+        conn.close()
+        raise
+    except (OSError, EOFError, paramiko.SSHException) as e:
+        conn.close()
+        raise ConnectError(f"cannot connect to {target}: {e or type(e).__name__}") from None
+    # Every command on a kept connection opens a channel, and paramiko waits an hour for
+    # the node to answer that: a node gone silent (link down, powered off) must fail the
+    # command as a new connection to it would, within the connect timeout.
+    conn.transport.channel_timeout = target.connect_timeout
+    return conn
+
+
+class _Payload(io.StringIO):
+    """stdin for a remote command, handed to Invoke in one piece.
+
+    Invoke reads a non-terminal stream one character at a time, which would
+    become one SSH packet per character.
+    """
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read()
+
+
+def _stdin_for(data: str) -> _Payload | bool:
+    """What to hand Invoke as the command's stdin: *data*, or none at all.
+
+    Invoke sends EOF once it has read its stream, possibly after a quick
+    command has finished and its channel is closed. paramiko still sends that
+    EOF, and sshd answers an EOF for a channel it no longer has by dropping
+    the whole connection, with every other command running on it. So a
+    command without input gets no stdin (hence no EOF), and one with input
+    reads it to the end before it can exit.
+    """
+    return _Payload(data) if data else False
+
+
+def run_command(
+    conn: fabric.Connection, command: str, stdin: str = "", timeout: float | None = None, **run_kwargs
+) -> Reply:
+    """Run *command* (see :func:`protocol.command_line`) on *conn*, *stdin* on its channel.
+
+    timeout: seconds to wait for it (invoke.CommandTimedOut after that); None waits for ever.
+    run_kwargs: more of Fabric's run() options (err_stream and hide, for a progress relay).
+    """
+    limit = {} if timeout is None else {"timeout": timeout}
+    result = conn.run(command, in_stream=_stdin_for(stdin), **limit, **run_kwargs)
+    return parse_reply(result.exited, result.stdout, result.stderr)
+
+
+def probe_port(host: str, port: int, timeout: float) -> bool | None:
+    """Whether something accepts TCP connections on *host*:*port*.
+
+    True: it does; False: the host answered that nothing listens there
+    (connection refused); None: no answer (timeout, no route), so nothing can
+    be said.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return None
