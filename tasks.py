@@ -9,6 +9,7 @@
     invoke cluster up|down|status
     invoke check  --hosts a,b | --config jupyterhub_config.py   inspect the compute nodes
     invoke deploy --hosts a,b | --config jupyterhub_config.py [--dry-run]   and install the scripts
+                           (the same tasks as `remote-singularity-spawner check|deploy`)
 
 The end-to-end tests and the demo build a local emulated cluster (network
 and PID namespaces, one sshd per node, test users): they need root.
@@ -27,7 +28,10 @@ from pathlib import Path
 from invoke import Exit, task
 
 ROOT = Path(__file__).resolve().parent
-SHELL_FILES = "scripts/*.sh tests/bats/helpers.bash tests/bin/make-fake-image .ci/setup .ci/run .ci/demo"
+SHELL_FILES = (
+    "scripts/*.sh tests/bats/helpers.bash tests/bats/*.bats tests/bin/make-fake-image "
+    ".ci/setup .ci/run .ci/demo"
+)
 LAYERS = ("unit", "bats", "e2e")
 
 
@@ -48,8 +52,8 @@ def _cluster():
     return cluster
 
 
-def _configdoc():
-    """spawner/configdoc.py of this checkout (not an installed, maybe older, copy)."""
+def _checkout_package():
+    """The package of this checkout (not an installed, maybe older, copy)."""
     name = "remotesingularityspawner"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(
@@ -58,9 +62,21 @@ def _configdoc():
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _configdoc():
+    _checkout_package()
     from remotesingularityspawner import configdoc  # noqa: PLC0415
 
     return configdoc
+
+
+# `invoke check` and `invoke deploy`: the admin command's own tasks
+# (`remote-singularity-spawner check|deploy` after pip install).
+_checkout_package()
+from remotesingularityspawner.admin import check as check_nodes  # noqa: E402, F401
+from remotesingularityspawner.admin import deploy as deploy_nodes  # noqa: E402, F401
 
 
 @task(help={"check": "only check that the file is up to date (fails if not)"})
@@ -187,74 +203,6 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False):
         else:
             cl.down(keep_venv=True)
             print("Demo stopped; the cluster is down.")
-
-
-_NODE_HELP = {
-    "hosts": "the nodes, comma separated: names, name:ip or :ip (default: the config's nodelist)",
-    "config": "a jupyterhub_config.py: nodelist, singularity_exe_path, singularity_container_path, "
-    "node_scripts_dir, scripts_dir, known_hosts_files, ssh_port",
-    "user": "log in to the nodes as this user (default root: the node-wide files must be root's)",
-    "key": "private key(s) for that login, comma separated (default ~/.ssh/id_ed25519, id_ecdsa, id_rsa)",
-    "known_hosts": "extra known_hosts file(s), comma separated (always: /etc/ssh/ssh_known_hosts, "
-    "~/.ssh/known_hosts and the config's)",
-    "image": "the image path on the nodes (default: the config's singularity_container_path)",
-    "exe": "the runtime on the nodes (default: the config's singularity_exe_path)",
-    "node_scripts_dir": "the node-wide scripts directory (default: the config's, or the spawner's default)",
-    "timeout": "seconds to wait for each node's sshd",
-}
-
-
-def _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout,
-                change=False, dry_run=False):  # fmt: skip
-    from remotesingularityspawner import deploy  # noqa: PLC0415 - keeps `invoke --list` fast
-
-    split = [p for p in known_hosts.split(",") if p]
-    try:
-        hub_config = deploy.read_hub_config(config) if config else {}
-        settings, warnings = deploy.make_settings(
-            hub_config, hosts=hosts, exe=exe, image=image, node_scripts_dir=node_scripts_dir,
-            known_hosts=split,
-        )  # fmt: skip
-    except deploy.DeployError as e:
-        raise Exit(f"error: {e}") from None
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    keys = [k for k in key.split(",") if k] or deploy.default_key_files()
-    reports, bundle = deploy.run(
-        settings, user, keys, change=change, dry_run=dry_run, connect_timeout=timeout
-    )
-    action = " (dry run: nothing changed)" if dry_run else ""
-    print(f"scripts version {bundle.version} in {settings.node_scripts_dir}/{bundle.version}{action}")
-    print(f"image {settings.image}, runtime {settings.exe}\n")
-    print(deploy.format_table(reports))
-    unfit = [r.node.label for r in reports if not r.fit]
-    if unfit:
-        raise Exit(f"\nnot fit for servers: {', '.join(unfit)}", code=1)
-
-
-@task(help=_NODE_HELP)
-def check(c, hosts="", config="", user="root", key="", known_hosts="", image="", exe="",
-          node_scripts_dir="", timeout=10):  # fmt: skip
-    """Inspect each compute node over SSH and print a table; change nothing.
-
-    Per node: SSH login (host key verified), the runtime and its version, the
-    image, the node-wide scripts. Exits 1 if any node is unfit for servers.
-    """
-    _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout)
-
-
-@task(help={**_NODE_HELP, "dry_run": "only show what would be installed"})
-def deploy(c, hosts="", config="", user="root", key="", known_hosts="", image="", exe="",
-           node_scripts_dir="", timeout=10, dry_run=False):  # fmt: skip
-    """Check each compute node and install the scripts into its node-wide directory.
-
-    Installs this version of the scripts into NODE_SCRIPTS_DIR/<version>
-    (root-owned, 0755/0644), which the spawner then uses instead of uploading
-    a copy per user. Idempotent: a node that has it is left alone. Prints the
-    table of `invoke check`; exits 1 if any node is unfit for servers.
-    """
-    _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout,
-                change=True, dry_run=dry_run)  # fmt: skip
 
 
 @task(

@@ -1,4 +1,4 @@
-"""Check the compute nodes and install the scripts node-wide (`invoke check`, `invoke deploy`).
+"""Check the compute nodes and install the scripts node-wide (the admin command, admin.py).
 
 For each node, over SSH with its host key verified (unknown or changed keys
 are refused, as in the spawner): can we log in, is the runtime there and
@@ -8,10 +8,12 @@ per-user upload (``node_scripts_dir/<version>``, root-owned). ``deploy``
 installs what is missing; both print one table. Everything here blocks;
 nodes are inspected in parallel threads.
 
-What runs on the node is ``scripts/check_node.sh`` (fed on stdin, so
-nothing is left behind) and SFTP for the install: the values from the
-config travel as argv built with :func:`shlex.join`, never spliced into a
-shell string.
+What runs on the node are the scripts being installed (``scripts_dir``, or
+the packaged ones): ``check_node.sh`` to inspect and ``put_files.sh`` to
+install, both fed on stdin, so the check needs nothing on the node. The
+values from the config travel as argv built with :func:`shlex.join`, never
+spliced into a shell string. Depends on the SSH layer (remote/), not on the
+spawner.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
-import shlex
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +33,6 @@ from traitlets.config import PyFileConfigLoader
 
 from . import remote
 from .nodes import Node, parse_nodelist
-from .spawner import RemoteSingularitySpawner, _packaged_scripts_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +42,12 @@ _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/+@=%~-]*")
 
 
+# The spawner's default singularity_exe_path.
+DEFAULT_RUNTIME = "singularity"
+
+
 class DeployError(Exception):
     """The command line or the Hub config is unusable; nothing was contacted."""
-
-
-def _trait_default(name: str):
-    return RemoteSingularitySpawner.class_traits()[name].default_value
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def make_settings(
     image = image or config.get("singularity_container_path", "")
     if not image:
         raise DeployError("no image: give --image or set singularity_container_path in the config")
-    node_dir = node_scripts_dir or config.get("node_scripts_dir", _trait_default("node_scripts_dir"))
+    node_dir = node_scripts_dir or config.get("node_scripts_dir", remote.DEFAULT_NODE_SCRIPTS_DIR)
     # Both travel as argv (shlex.join); the node-wide directory also names files for
     # the spawner and check_node.sh to compare, so it is kept to plain characters.
     if not image.startswith("/") or not image.isprintable():
@@ -116,10 +115,10 @@ def make_settings(
     default_known = ["/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")]
     settings = Settings(
         nodes=tuple(nodes),
-        exe=exe or config.get("singularity_exe_path", _trait_default("singularity_exe_path")),
+        exe=exe or config.get("singularity_exe_path", DEFAULT_RUNTIME),
         image=image,
         node_scripts_dir=node_dir.rstrip("/"),
-        scripts_dir=config.get("scripts_dir", "") or _packaged_scripts_dir(),
+        scripts_dir=config.get("scripts_dir", "") or str(remote.packaged_scripts_dir()),
         known_hosts=tuple(dict.fromkeys([*known_hosts, *config_known, *default_known])),
         port=int(config.get("ssh_port", 22)),
     )
@@ -197,7 +196,10 @@ def judge(report: NodeReport, probe: dict, settings: Settings, bundle: remote.Sc
     report.scripts = {"missing": "missing", "current": "current"}.get(state, state.upper())
     if state == "different":
         # The spawner would run these (root put them there): they must be right.
-        report.problems.append(f"{where} holds other files than version {bundle.version}: run invoke deploy")
+        report.problems.append(
+            f"{where} holds other files than version {bundle.version}: "
+            "run invoke deploy or remote-singularity-spawner deploy"
+        )
     elif state == "unsafe":
         report.notes.append(
             f"{where} not used by the spawner (it uploads per user): {probe.get('scripts_problem')}"
@@ -206,34 +208,31 @@ def judge(report: NodeReport, probe: dict, settings: Settings, bundle: remote.Sc
 
 
 def probe_node(conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBundle) -> dict:
-    """Run check_node.sh on the node (fed on stdin after common.sh); its JSON reply."""
-    scripts = Path(_packaged_scripts_dir())
-    text = (scripts / "common.sh").read_text() + "\n" + (scripts / "check_node.sh").read_text()
-    command = shlex.join([
-        "bash", "-s", "--",
+    """Run the bundle's check_node.sh on the node (fed on stdin); its JSON reply."""
+    args = [
         "--exe", settings.exe,
         "--image", settings.image,
         "--scripts-dir", f"{settings.node_scripts_dir}/{bundle.version}",
-    ])  # fmt: skip
-    reply = remote.run_command(conn, command, text)
+    ]  # fmt: skip
+    command = remote.command_line(None, args)
+    reply = remote.run_command(conn, command, bundle.fed_on_stdin("check_node.sh"))
     if reply.exit_code != 0 or "scripts" not in reply.data:
         raise remote.RemoteError(f"check_node.sh failed (exit code {reply.exit_code}): {reply.stderr}")
     return reply.data
 
 
 def install(conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBundle, state: str) -> None:
-    """Put *bundle* into the node-wide directory (0755/0644), replacing a wrong copy."""
+    """Put *bundle* into the node-wide directory (0755/0644), replacing a wrong copy.
+
+    *state* (what check_node.sh found) is for the log: a copy is replaced whatever it was.
+    """
     where = f"{settings.node_scripts_dir}/{bundle.version}"
-    sftp = conn.sftp()
-    aside = ""
-    if state in ("different", "unsafe"):
-        aside = f"{settings.node_scripts_dir}/.{bundle.version}.old-{secrets.token_hex(4)}"
-        sftp.rename(where, aside)
-    remote.upload_scripts(conn, bundle, where, log, mode=0o755)
-    if aside:
-        for name in sftp.listdir(aside):
-            sftp.remove(f"{aside}/{name}")
-        sftp.rmdir(aside)
+    command = remote.command_line(None, ["install", "--dir", where, "--version", bundle.version])
+    stdin = bundle.fed_on_stdin("put_files.sh") + remote.files_payload(bundle.files)
+    reply = remote.run_command(conn, command, stdin)
+    if reply.exit_code != 0:
+        raise remote.RemoteError(f"cannot install into {where}: {reply.stderr}")
+    log.info("installed scripts version %s into %s:%s (was %s)", bundle.version, conn.host, where, state)
 
 
 Connector = Callable[[Node], fabric.Connection]

@@ -104,11 +104,15 @@ def parse_binds(value: str | Sequence[str] | None) -> tuple[Bind, ...]:
     return binds
 
 
-def validate_user_options(raw: Mapping | None, node_labels: Sequence[str]) -> UserOptions:
+def validate_user_options(
+    raw: Mapping | None, node_labels: Sequence[str], addresses: Mapping[str, str] | None = None
+) -> UserOptions:
     """Check ``user_options`` (from the form or the REST API).
 
-    The host must be one of *node_labels*; no host means the first (default)
-    node. Unknown keys are refused, so a typo does not pass silently.
+    The host must be one of *node_labels*, or an address of *addresses*
+    (address -> label: a node listed as ``name:ip`` may be asked for by
+    either); no host means the first (default) node. Unknown keys are
+    refused, so a typo does not pass silently.
     """
     raw = dict(raw or {})
     unknown = sorted(set(raw) - {"host", "binds"})
@@ -117,6 +121,8 @@ def validate_user_options(raw: Mapping | None, node_labels: Sequence[str]) -> Us
     if not node_labels:
         raise OptionsError("no compute node is configured")
     host = raw.get("host") or node_labels[0]
+    if isinstance(host, str) and host not in node_labels:
+        host = (addresses or {}).get(host, host)
     if not isinstance(host, str) or host not in node_labels:
         raise OptionsError(
             f"host {_show(str(host))} is not one of the configured nodes: {', '.join(node_labels)}"

@@ -1,147 +1,50 @@
-"""RemoteSingularitySpawner: a JupyterHub spawner for Singularity on a chosen node.
+"""RemoteSingularitySpawner: the Hub's side of one server, from the form to the node.
 
-One spawn: validate the user's options (options.py) against the node list
-(nodes.py), then in a worker thread connect as the user over SSH and run
-``start_singleuser.sh`` on the node (remote.py). The server's environment
-travels on the SSH channel's stdin. ``poll`` and ``stop`` run
-``check_pid.sh`` and ``stop.sh`` with the PID and start time kept in state.
+One spawn, in the order it happens:
 
-While a start runs, each step (connecting, preparing the scripts, the
-script's own ``@progress`` lines) becomes an event of ``progress()``, which
-JupyterHub shows on the spawn page. The form shows each node's status
-(``node_status.sh``), fetched in threads and cached for ``node_status_ttl``.
+1. the form (form.py) shows the nodes of ``nodelist`` (nodes.py) with their
+   status (status.py), asked in worker threads;
+2. ``check_options`` (form.py) validates the user's choice (options.py)
+   before any connection, also as JupyterHub's ``apply_user_options`` hook;
+3. ``start`` builds the ``start_singleuser.sh`` call (calls.py: argv and the
+   environment for stdin) and runs it in a worker thread over SSH as the user
+   (remote/), relaying its steps to the spawn page (progress.py);
+4. ``poll`` and ``stop`` run ``check_pid.sh`` and ``stop.sh`` with what the
+   state keeps (state.py); with internal_ssl the certificates go to the node
+   first (certs.py).
+
+Threads, SSH connections and caches are shared by all spawners of the Hub
+(resources.py). This class gathers the values and orchestrates; it builds no
+command line and holds no socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
-import hashlib
-import inspect
-import os
-import re
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
-from pathlib import Path
 
-import jinja2
 from jupyterhub.spawner import Spawner
-from tornado import web
-from traitlets import Any, Bool, Callable, Float, Integer, List, Tuple, Unicode, Union, default, validate
+from traitlets import Bool, Callable, Float, Integer, List, Tuple, Unicode, Union, default, validate
 
-from . import remote
-from .nodes import Node, NodeStatus, parse_nodelist
-from .options import (
-    OptionsError,
-    UserOptions,
-    check_login_name,
-    options_from_form,
-    parse_binds,
-    validate_user_options,
-)
+from . import calls, remote
+from . import progress as progress_mod
+from . import state as server_state
+from .access import NodeAccess
+from .certs import InternalTLS
+from .form import NodeChoice, apply_user_options, render_options_form
+from .options import OptionsError, options_from_form, parse_binds
 
-try:
-    from jupyterhub.spawner import SpawnException
-except ImportError:  # JupyterHub < 6
-
-    class SpawnException(web.HTTPError):
-        """A spawn failure with a message for the user (JupyterHub 5 shape)."""
-
-        def __init__(self, message, *, reason, status_code=400, **_):
-            super().__init__(status_code, "%s", message, reason=reason)
-            self.jupyterhub_message = message
-
-
-STATE_VERSION = 1
-
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("remotesingularityspawner", "templates"),
-    autoescape=True,
-)
-
-# Parsed node lists, by nodelist text: resolving names is slow and the
-# result is the same for every user.
-_node_cache: dict[str, list[Node]] = {}
-_node_lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
-_pool: remote.ConnectionPool | None = None
 # Clean-ups that outlive the coroutine that started them (asyncio keeps only weak references).
 _background_tasks: set[asyncio.Task] = set()
-# Node status for the form, by (address, login): (monotonic time, status), and
-# the fetches under way (a slow node is asked once, however many forms open).
-_status_cache: dict[tuple[str, str], tuple[float, NodeStatus]] = {}
-_status_fetches: dict[tuple[str, str], Future] = {}
-_status_lock = threading.Lock()
 
 
-def _get_executor(size: int) -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rss-ssh")
-    return _executor
+def _start_on_node(session: remote.NodeSession, call: remote.ScriptCall, label: str, report):
+    """Blocking: run start_singleuser.sh; its reply and the scripts' version."""
+    report(25, f"connected; preparing the scripts on {label}")
+    return session.call(call, on_progress=report), session.version
 
 
-def _get_pool(idle_timeout: float, keepalive: int) -> remote.ConnectionPool:
-    """The SSH connections of this Hub process, shared by all spawners."""
-    global _pool
-    if _pool is None:
-        _pool = remote.ConnectionPool(idle_timeout=idle_timeout, keepalive=keepalive)
-    return _pool
-
-
-@functools.lru_cache(maxsize=8)
-def _load_bundle(directory: str) -> remote.ScriptBundle:
-    """The scripts in *directory*, read once per Hub process (not on every poll)."""
-    return remote.ScriptBundle.load(directory)
-
-
-def _packaged_scripts_dir() -> str:
-    installed = Path(__file__).with_name("scripts")
-    if installed.is_dir():
-        return str(installed)
-    # A source checkout (editable install): the scripts live at the top level.
-    return str(Path(__file__).resolve().parent.parent / "scripts")
-
-
-def _store_status(key: tuple[str, str], fetch: Future) -> None:
-    """Cache a finished status fetch (runs in the worker thread)."""
-    error = fetch.exception()
-    status = fetch.result() if error is None else NodeStatus(reachable=False, error=str(error))
-    with _status_lock:
-        _status_cache[key] = (time.monotonic(), status)
-        _status_fetches.pop(key, None)
-
-
-class _ProgressLog:
-    """The progress events of one start, for any number of listeners (event loop only)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self.changed = asyncio.Event()
-
-    def add(self, percent: int, message: str) -> None:
-        # Percentages only rise (a port retry reports "starting" again).
-        if self.events:
-            percent = max(percent, self.events[-1]["progress"])
-        self.events.append({"progress": percent, "message": message})
-        self.wake()
-
-    def wake(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-
-def _server_key(username: str, server_name: str) -> str:
-    """A file-name-safe, collision-free directory name for one server."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", server_name or "default")[:40].lstrip(".") or "_"
-    digest = hashlib.sha256(f"{username}\0{server_name}".encode()).hexdigest()[:10]
-    return f"{slug}-{digest}"
-
-
-class RemoteSingularitySpawner(Spawner):
+class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
     """Start single-user servers in Singularity/Apptainer on a node the user picks."""
 
     singularity_exe_path = Unicode(
@@ -278,14 +181,15 @@ class RemoteSingularitySpawner(Spawner):
 
     scripts_dir = Unicode(
         "",
-        help="""Directory holding start_singleuser.sh, check_pid.sh, stop.sh, node_status.sh and common.sh.
+        help="""Directory holding the node scripts (start_singleuser.sh, check_pid.sh, stop.sh,
+        node_status.sh, check_node.sh, put_files.sh and common.sh).
         Default: the copies shipped with this package. Point it at an edited copy to change
         what runs on the nodes; the scripts are read when first used (restart the Hub after
         editing them) and a changed script is uploaded as a new version.""",
     ).tag(config=True)
 
     node_scripts_dir = Unicode(
-        "/opt/remote-singularity-spawner/scripts",
+        remote.DEFAULT_NODE_SCRIPTS_DIR,
         help="""Node-wide directory of the scripts that `invoke deploy` installs, one
         subdirectory per scripts version. When this version is there and it, its parents and
         its files belong to root and are writable by nobody else, servers run the scripts from
@@ -314,12 +218,15 @@ class RemoteSingularitySpawner(Spawner):
 
     term_timeout = Float(
         10.0,
-        help="Seconds stop() waits after SIGTERM before it sends SIGKILL.",
+        help="""Seconds stop() waits after SIGTERM (to the server's process group, which the
+        runtime forwards to the container) before it sends SIGKILL to the group and to every
+        process the server started. A stop with now=True (the Hub's shutdown) does not wait.""",
     ).tag(config=True)
 
     kill_timeout = Float(
         5.0,
-        help="Seconds stop() waits after SIGKILL for the server's processes to go.",
+        help="""Seconds stop() waits after SIGKILL for the server's processes to go; a process
+        still there after that fails the stop with its PID.""",
     ).tag(config=True)
 
     @default("env_keep")
@@ -329,7 +236,7 @@ class RemoteSingularitySpawner(Spawner):
 
     @default("options_form")
     def _options_form_default(self):
-        return _render_options_form
+        return render_options_form
 
     @default("options_from_form")
     def _options_from_form_default(self):
@@ -337,7 +244,7 @@ class RemoteSingularitySpawner(Spawner):
 
     @default("apply_user_options")
     def _apply_user_options_default(self):
-        return _apply_user_options
+        return apply_user_options
 
     @validate("port_range")
     def _validate_port_range(self, proposal):
@@ -346,7 +253,7 @@ class RemoteSingularitySpawner(Spawner):
             raise ValueError(f"port_range {low}-{high} must lie within 1024-65535")
         return proposal["value"]
 
-    # --- state ---------------------------------------------------------------
+    # --- the server's state (see state.py) ---------------------------------------------
 
     node = Unicode("")
     address = Unicode("")
@@ -355,247 +262,54 @@ class RemoteSingularitySpawner(Spawner):
     scripts_version = Unicode("")
     log_path = Unicode("")
     login = Unicode("")
-    # internal_ssl: the directory on the node holding the server's key, certificate and CA.
     certs_dir = Unicode("")
 
-    _state_fields = (
-        "node", "address", "port", "pid", "start_time", "scripts_version", "log_path", "login",
-        "certs_dir",
-    )  # fmt: skip
-
-    def get_state(self):
-        state = super().get_state()
-        if self.pid:
-            state.update({name: getattr(self, name) for name in self._state_fields})
-            state["version"] = STATE_VERSION
-        return state
-
-    def load_state(self, state):
-        super().load_state(state)
-        if state.get("pid"):
-            for name in self._state_fields:
-                if name in state:
-                    setattr(self, name, state[name])
-
-    def clear_state(self):
-        super().clear_state()
-        for name in self._state_fields:
-            setattr(self, name, self.trait_defaults(name))
-        self._unreachable_since = None
-        self._new_progress_log()
-
-    # --- helpers ---------------------------------------------------------------
-
+    # The clock of the poll grace period (tests set their own).
+    clock = staticmethod(time.monotonic)
     _unreachable_since: float | None = None
     _starting = False
     # The start_singleuser.sh call in flight and its target, while start() waits for it;
     # stop() takes it (sets None) to stop what it starts.
     _pending_start: tuple[asyncio.Future, remote.Target] | None = None
-    # internal_ssl: (hub-side paths, contents) read by create_certs for move_certs.
-    _new_certs: tuple[dict, dict[str, bytes]] | None = None
-    _progress_log = Any(None, allow_none=True)
 
-    async def _in_thread(self, func, *args):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_get_executor(self.ssh_threads), partial(func, *args))
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._steps = progress_mod.Progress()
 
-    async def get_nodes(self) -> list[Node]:
-        """The valid nodes, parsed (and names resolved) once per node list."""
-        return await self._in_thread(self._parse_nodes, self.nodelist)
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            state.update(server_state.dump({name: getattr(self, name) for name in server_state.FIELDS}))
+        return state
 
-    def _parse_nodes(self, text: str) -> list[Node]:
-        with _node_lock:
-            if text not in _node_cache:
-                nodes, warnings = parse_nodelist(text)
-                for warning in warnings:
-                    self.log.warning("RemoteSingularitySpawner: %s", warning)
-                if not nodes:
-                    self.log.error(
-                        "RemoteSingularitySpawner: no valid node in nodelist %r: nobody can start a server",
-                        text,
-                    )
-                _node_cache[text] = nodes
-            return _node_cache[text]
-
-    def _login_name(self) -> str:
-        if callable(self.ssh_username):
-            name = self.ssh_username(self)
-        else:
-            name = self.ssh_username.format(username=self.user.name)
-        return check_login_name(name)
-
-    def _target(self, address: str, login: str) -> remote.Target:
-        home = os.path.join(self.home_path, login)
-        fmt = {"home": home, "login": login, "username": self.user.name}
-        if self.disable_host_key_checking:
-            self.log.warning(
-                "RemoteSingularitySpawner: host key checking is disabled "
-                "(c.RemoteSingularitySpawner.disable_host_key_checking): connections to %s are "
-                "not protected against impersonation",
-                address,
-            )
-        return remote.Target(
-            host=address,
-            username=login,
-            key_files=tuple(p.format(**fmt) for p in self.ssh_key_files),
-            known_hosts_files=tuple(p.format(**fmt) for p in self.known_hosts_files),
-            port=self.ssh_port,
-            connect_timeout=self.ssh_connect_timeout,
-            verify_host_key=not self.disable_host_key_checking,
-        )
-
-    def _scripts_dir(self) -> str:
-        return self.scripts_dir or _packaged_scripts_dir()
-
-    def _server_dir(self) -> str:
-        return f"{self.remote_state_dir}/servers/{_server_key(self.user.name, self.name)}"
-
-    def _run_script(self, target, script, args, stdin="", on_progress=None) -> remote.Reply:
-        """Blocking: connect, make sure the scripts are there, run one of them.
-
-        *on_progress(percent, message)*, if given, hears of each step (from this thread).
-        """
-        # A start is bounded by its own --timeout and the Hub's start_timeout.
-        timeout = {
-            "check_pid.sh": self.ssh_command_timeout,
-            "node_status.sh": self.node_status_timeout,
-            "stop.sh": self.term_timeout + self.kill_timeout + self.ssh_command_timeout,
-        }.get(script)
-        with self._session(target) as session:
-            if on_progress is not None:
-                on_progress(25, f"connected; preparing the scripts on {self._progress_node}")
-            reply = session.run(script, args, stdin, timeout=timeout, on_progress=on_progress)
-        reply.data.setdefault("scripts_version", session.bundle.version)
-        return reply
-
-    def _fail(self, message: str, reason: str) -> SpawnException:
-        self.log.error("Spawn of %s failed: %s", self._log_name, message)
-        return SpawnException(message, reason=reason)
-
-    # --- node status for the form ---------------------------------------------------
-
-    def _status_key(self, node: Node) -> tuple[str, str] | None:
+    def load_state(self, state):
+        super().load_state(state)
+        if not state.get("pid"):
+            return
         try:
-            return (node.address, self._login_name())
-        except OptionsError:
-            return None
+            values = server_state.restore(state)
+        except server_state.StateError as e:
+            self.log.error("RemoteSingularitySpawner: cannot load the state of %s: %s", self._log_name, e)
+            return
+        for name, value in values.items():
+            setattr(self, name, value)
 
-    def _cached_status(self, node: Node) -> NodeStatus | None:
-        """The node's status as the form showed it, if still fresh."""
-        key = self._status_key(node)
-        with _status_lock:
-            cached = _status_cache.get(key)
-        if cached is None or time.monotonic() - cached[0] > self.node_status_ttl:
-            return None
-        return cached[1]
+    def clear_state(self):
+        super().clear_state()
+        for name in server_state.FIELDS:
+            setattr(self, name, self.trait_defaults(name))
+        self._unreachable_since = None
+        self._steps.clear()
 
-    async def node_statuses(self, nodes: list[Node]) -> list[NodeStatus | None]:
-        """Each node's status (None: unknown), asked concurrently in threads.
-
-        A node that does not answer within node_status_timeout is shown as
-        unreachable; its answer, when it comes, is cached for the next form.
-        """
-        return list(await asyncio.gather(*(self._node_status(node) for node in nodes)))
-
-    async def _node_status(self, node: Node) -> NodeStatus | None:
-        cached = self._cached_status(node)
-        if cached is not None:
-            return cached
-        key = self._status_key(node)
-        if key is None:
-            return None  # a bad login name: start() says why
-        with _status_lock:
-            fetch = _status_fetches.get(key)
-            new = fetch is None
-            if new:
-                fetch = _get_executor(self.ssh_threads).submit(self._fetch_status, node, key[1])
-                _status_fetches[key] = fetch
-        if new:
-            # Outside the lock: a fetch already done runs the callback right here.
-            fetch.add_done_callback(partial(_store_status, key))
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(fetch)), self.node_status_timeout
-            )
-        except asyncio.TimeoutError:
-            status = NodeStatus(reachable=False, error=f"no answer within {self.node_status_timeout:g} s")
-            with _status_lock:
-                # Refused as the form showed it, until the late answer replaces this.
-                if not fetch.done():
-                    _status_cache[key] = (time.monotonic(), status)
-            return status
-
-    def _fetch_status(self, node: Node, login: str) -> NodeStatus:
-        """Blocking: run node_status.sh on *node* as *login*."""
-        target = self._target(node.address, login)
-        target = dataclasses.replace(
-            target, connect_timeout=min(target.connect_timeout, self.node_status_timeout)
-        )
-        try:
-            reply = self._run_script(target, "node_status.sh", [])
-        except remote.RemoteError as e:
-            self.log.warning("Node %s is unreachable for %s: %s", node.label, login, e)
-            return NodeStatus(reachable=False, error=str(e))
-        if reply.exit_code != remote.ExitCode.OK:
-            self.log.warning(
-                "node_status.sh failed on %s (exit code %d): %s", node.label, reply.exit_code, reply.stderr
-            )
-            return NodeStatus(reachable=True)
-        return NodeStatus.from_reply(reply.data)
-
-    # --- progress ------------------------------------------------------------------
-
-    _progress_node = ""
-
-    def _new_progress_log(self) -> _ProgressLog:
-        old, self._progress_log = self._progress_log, _ProgressLog()
-        if old is not None:
-            old.wake()  # its listeners move on to the new log
-        return self._progress_log
-
-    def _report(self, percent: int, message: str) -> None:
-        """Add a progress event (event loop only)."""
-        if self._progress_log is None:
-            self._new_progress_log()
-        self.log.debug("Progress of %s: %d%% %s", self._log_name, percent, message)
-        self._progress_log.add(percent, message)
-
-    def _reporter_for_threads(self):
-        """A callback for worker threads that hands each step to the event loop."""
-        loop = asyncio.get_running_loop()
-
-        def report(percent: int, message: str) -> None:
-            loop.call_soon_threadsafe(self._report, percent, message)
-
-        return report
-
-    async def progress(self):
-        """The steps of the start under way, as JupyterHub's progress events.
-
-        Replays the steps so far to a late listener (the spawn page opens
-        after the start began); JupyterHub ends the stream when the spawn
-        is over and adds the final event itself (ready, or failed with the
-        reason).
-        """
-        log, seen = None, 0
-        while True:
-            if self._progress_log is None:
-                self._new_progress_log()
-            if self._progress_log is not log:
-                log, seen = self._progress_log, 0
-            if seen < len(log.events):
-                # One at a time: more may arrive while the listener has this one.
-                seen += 1
-                yield dict(log.events[seen - 1])
-                continue
-            await log.changed.wait()
-
-    # --- the spawner API ---------------------------------------------------------
+    # --- start ---------------------------------------------------------------------------
 
     async def start(self):
+        """Start the server on the chosen node; return its (address, port).
+
+        Raises SpawnException with a sentence naming the node and the cause.
+        """
         self._starting = True
-        if self._progress_log is None or self._progress_log.events:
-            self._new_progress_log()
+        self._steps.restart()
         try:
             return await self._start()
         except Exception:
@@ -607,39 +321,6 @@ class RemoteSingularitySpawner(Spawner):
             self._starting = False
             self._pending_start = None
 
-    async def usable_nodes(self) -> list[Node]:
-        """The valid nodes; SpawnException if there is none."""
-        nodes = await self.get_nodes()
-        if not nodes:
-            raise self._fail(
-                "No compute node is available: c.RemoteSingularitySpawner.nodelist has no valid "
-                "entry. Please tell your administrator.",
-                reason="config",
-            )
-        return nodes
-
-    async def check_options(self, user_options) -> tuple[Node, UserOptions]:
-        """Validate *user_options* against the node list; raise SpawnException if bad.
-
-        Runs as JupyterHub's ``apply_user_options`` hook (5.3+), so a bad value
-        is refused before the spawn begins, and again in ``start()``.
-        """
-        nodes = await self.usable_nodes()
-        try:
-            options = validate_user_options(user_options, [n.label for n in nodes])
-        except OptionsError as e:
-            raise self._fail(f"Cannot start your server: {e}", reason="options") from None
-        node = next(n for n in nodes if n.label == options.host)
-        status = self._cached_status(node)
-        if status is not None and not status.reachable:
-            others = [n.label for n in nodes if n is not node]
-            raise self._fail(
-                f"Cannot start your server: node {node.label} is unreachable ({status.error})."
-                + (f" Please choose another node ({', '.join(others)})." if others else ""),
-                reason="unreachable",
-            )
-        return node, options
-
     async def _start(self):
         if not self.singularity_container_path:
             raise self._fail(
@@ -647,10 +328,7 @@ class RemoteSingularitySpawner(Spawner):
                 reason="config",
             )
         node, options = await self.check_options(self.user_options)
-        try:
-            login = self._login_name()
-        except OptionsError as e:
-            raise self._fail(f"Cannot start your server: {e}", reason="options") from None
+        login = self._login()
         try:
             default_binds = parse_binds(self.default_bind_path)
         except OptionsError as e:
@@ -658,50 +336,43 @@ class RemoteSingularitySpawner(Spawner):
                 f"the Hub is misconfigured: c.RemoteSingularitySpawner.default_bind_path: {e}",
                 reason="config",
             ) from None
-
         self.ip, self.port = node.address, 0
+        gpu_args = self.gpu_singularity_args if node.label in self.gpu_nodes else []
         try:
-            env = remote.env_payload(self.get_env())
+            call = calls.start_call(
+                exe=self.singularity_exe_path,
+                image=self.singularity_container_path,
+                server_dir=self._server_dir(),
+                port_range=self.port_range,
+                timeout=max(5, int(self.start_timeout - self.ssh_connect_timeout - 5)),
+                singularity_args=[*self.singularity_args, *gpu_args],
+                binds=[*default_binds, *options.binds],
+                command=[*self.cmd, *self.get_args()],
+                env=self.get_env(),
+            )
         except ValueError as e:
             raise self._fail(f"the Hub is misconfigured: {e}", reason="config") from None
-        timeout = max(5, int(self.start_timeout - self.ssh_connect_timeout - 5))
-        gpu_args = self.gpu_singularity_args if node.label in self.gpu_nodes else []
-        args = [
-            "--exe", self.singularity_exe_path,
-            "--image", self.singularity_container_path,
-            "--server-dir", self._server_dir(),
-            "--port-range", "{}-{}".format(*self.port_range),
-            "--timeout", str(timeout),
-        ]
-        for extra in [*self.singularity_args, *gpu_args]:
-            args += ["--singularity-arg", extra]
-        for bind in default_binds + options.binds:
-            args += ["--bind", bind.spec]
-        args += ["--", *self.cmd, *self.get_args()]
 
         target = self._target(node.address, login)
         self.log.info("Starting %s on %s (%s) as %s", self._log_name, node.label, node.address, login)
-        self._progress_node = node.label
-        self._report(10, f"connecting to {node.label} as {login}")
+        self._steps.report(10, f"connecting to {node.label} as {login}")
         future = asyncio.ensure_future(
-            self._in_thread(
-                self._run_script, target, "start_singleuser.sh", args, env, self._reporter_for_threads()
-            )
+            self._on_node(target, _start_on_node, call, node.label, self._steps.reporter())
         )
         self._pending_start = (future, target)
         try:
-            reply = await asyncio.shield(future)
+            reply, version = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The Hub gave up (start_timeout): do not leave a server behind.
             task = asyncio.ensure_future(self._stop_late_start(future, target))
             _background_tasks.add(task)
             task.add_done_callback(_background_tasks.discard)
             raise
-        except remote.RemoteError as e:
-            raise self._fail(f"Cannot start your server on {node.label}: {e}", reason="ssh") from None
+        except Exception as e:
+            message = f"Cannot start your server on {node.label}: {self._explain(e)}"
+            raise self._fail(message, reason="ssh") from None
         if self._pending_start is None:
             raise self._fail(f"Your server on {node.label} was stopped while it started", reason="stopped")
-
         if reply.exit_code != remote.ExitCode.OK:
             raise self._fail(
                 f"Your server on {node.label} did not start (exit code {reply.exit_code}):\n{reply.stderr}",
@@ -716,10 +387,9 @@ class RemoteSingularitySpawner(Spawner):
             ) from None
         self.pid, self.start_time, self.port = pid, start_time, port
         self.log_path = str(reply.data.get("log", ""))
-        self.node, self.address, self.login = node.label, node.address, login
-        self.scripts_version = reply.data["scripts_version"]
+        self.node, self.address, self.login, self.scripts_version = node.label, node.address, login, version
         self._unreachable_since = None
-        self._report(90, f"the server is up on {node.label}; waiting for it to answer the Hub")
+        self._steps.report(90, f"the server is up on {node.label}; waiting for it to answer the Hub")
         self.log.info(
             "Started %s on %s: pid %d, port %d, log %s",
             self._log_name, node.label, self.pid, self.port, self.log_path,
@@ -727,43 +397,42 @@ class RemoteSingularitySpawner(Spawner):
         return (node.address, self.port)
 
     async def _stop_late_start(self, future, target):
+        """Stop what a start the Hub gave up on (or stopped) started, once it returns."""
         # The Hub clears the state before this is done: remember where the certificates are.
-        certs = self._certs_location()
+        certs_location = self._certs_location()
         try:
-            reply = await future
+            reply, _ = await future
             pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
             if reply.exit_code == remote.ExitCode.OK and pid:
                 self.log.warning(
                     "Stopping %s: it finished starting after the Hub gave up on it or stopped it",
                     self._log_name,
                 )
-                await self._in_thread(
-                    self._run_script, target, "stop.sh", self._stop_args(pid, start_time)
-                )
-        except remote.RemoteError as e:
-            self.log.error("Could not clean up the late start of %s: %s", self._log_name, e)
-        await self._remove_certs(*certs)
+                await self._on_node(target, remote.NodeSession.call, self._stop_call(pid, start_time))
+        except Exception as e:  # noqa: BLE001 - a background clean-up logs whatever failed
+            self.log.error("Could not clean up the late start of %s: %s", self._log_name, self._explain(e))
+        await self._remove_certs(*certs_location)
 
-    def _stop_args(self, pid, start_time) -> list[str]:
-        return [
-            "--pid", str(pid),
-            "--start-time", str(start_time),
-            "--server-dir", self._server_dir(),
-            "--term-timeout", str(int(self.term_timeout)),
-            "--kill-timeout", str(int(self.kill_timeout)),
-        ]
+    def _stop_call(self, pid, start_time, now=False) -> remote.ScriptCall:
+        return calls.stop_call(
+            pid, start_time, self._server_dir(),
+            self.term_timeout, self.kill_timeout, self.ssh_command_timeout, now,
+        )  # fmt: skip
+
+    # --- poll ----------------------------------------------------------------------------
 
     async def poll(self):
+        """None while the server runs (or starts), else an exit status (0: not started)."""
         if self._starting:
             return None
         if not self.pid:
             return 0
         target = self._target(self.address, self.login)
-        args = ["--pid", str(self.pid), "--start-time", str(self.start_time)]
+        call = calls.check_call(self.pid, self.start_time, self.ssh_command_timeout)
         try:
-            reply = await self._in_thread(self._run_script, target, "check_pid.sh", args)
-        except remote.RemoteError as e:
-            return await self._unreachable(e)
+            reply = await self._on_node(target, remote.NodeSession.call, call)
+        except Exception as e:  # noqa: BLE001 - any failure to ask the node
+            return await self._unreachable(self._explain(e))
         if reply.exit_code == remote.ExitCode.OK:
             self._unreachable_since = None
             return None
@@ -772,47 +441,15 @@ class RemoteSingularitySpawner(Spawner):
             # The Hub calls stop() only for a running server: clean up here.
             await self._remove_certs(*self._certs_location())
             return 0
-        return await self._unreachable(
-            remote.RemoteError(f"check_pid.sh failed (exit code {reply.exit_code}): {reply.stderr}")
-        )
+        return await self._unreachable(f"check_pid.sh failed (exit code {reply.exit_code}): {reply.stderr}")
 
-    async def _unreachable(self, error: Exception):
-        """Poll could not ask the node: ask the server's port, else wait out poll_grace_period."""
-        listening = None
-        if self.port:
-            listening = await self._in_thread(
-                remote.probe_port, self.address, self.port, self.ssh_connect_timeout
-            )
-        if listening is False:
-            self.log.warning(
-                "Cannot check %s on %s (%s) and %s:%d refuses connections: the server is gone",
-                self._log_name, self.node, error, self.address, self.port,
-            )
-            return 1
-        if listening:
-            self.log.warning(
-                "Cannot check %s on %s (%s) but its port %d accepts connections: still running",
-                self._log_name, self.node, error, self.port,
-            )
-            self._unreachable_since = None
-            return None
-        now = time.monotonic()
-        if self._unreachable_since is None:
-            self._unreachable_since = now
-        waited = now - self._unreachable_since
-        if waited < self.poll_grace_period:
-            self.log.warning(
-                "Cannot check %s on %s (%s); still reported running (%.0fs of %.0fs grace)",
-                self._log_name, self.node, error, waited, self.poll_grace_period,
-            )
-            return None
-        self.log.error(
-            "Cannot check %s on %s for %.0fs (%s): considering it stopped",
-            self._log_name, self.node, waited, error,
-        )
-        return 1
+    # --- stop ----------------------------------------------------------------------------
 
     async def stop(self, now=False):
+        """Stop the server and what it started; return when it is gone.
+
+        *now*: SIGKILL right after SIGTERM, without waiting term_timeout.
+        """
         if not self.pid:
             if self._pending_start is not None:
                 # Still starting on the node (the Hub shuts down with cleanup_servers):
@@ -823,14 +460,13 @@ class RemoteSingularitySpawner(Spawner):
                 await self._stop_late_start(future, target)
             return
         target = self._target(self.address, self.login)
+        call = self._stop_call(self.pid, self.start_time, now)
         try:
-            reply = await self._in_thread(
-                self._run_script, target, "stop.sh", self._stop_args(self.pid, self.start_time)
-            )
-        except remote.RemoteError as e:
+            reply = await self._on_node(target, remote.NodeSession.call, call)
+        except Exception as e:  # noqa: BLE001 - the Hub forgets the server either way
             self.log.error(
                 "Cannot stop %s (pid %d on %s): %s. It may still be running there.",
-                self._log_name, self.pid, self.node, e,
+                self._log_name, self.pid, self.node, self._explain(e),
             )
             return
         if reply.exit_code != remote.ExitCode.OK:
@@ -838,145 +474,19 @@ class RemoteSingularitySpawner(Spawner):
                 f"stop.sh failed for {self._log_name} on {self.node} "
                 f"(exit code {reply.exit_code}): {reply.stderr}"
             )
-        self.log.info(
-            "Stopped %s on %s (%s)", self._log_name, self.node, reply.data.get("signal", "?")
-        )
+        self.log.info("Stopped %s on %s (%s)", self._log_name, self.node, reply.data.get("signal", "?"))
         self.pid = 0
         await self._remove_certs(*self._certs_location())
 
-    # --- internal_ssl ------------------------------------------------------------
+    # --- progress --------------------------------------------------------------------------
 
-    async def create_certs(self):
-        """Create the server's certificate, naming the chosen node too.
+    async def progress(self):
+        """The steps of the start under way, as JupyterHub's progress events.
 
-        JupyterHub calls this (with ``c.JupyterHub.internal_ssl``) after the
-        user's options are applied and before ``start()``: the node is already
-        chosen, and the Hub and the proxy will check the certificate against
-        the node's address.
+        Replays the steps so far to a late listener (the spawn page opens
+        after the start began); JupyterHub ends the stream when the spawn
+        is over and adds the final event itself (ready, or failed with the
+        reason).
         """
-        node, _ = await self.check_options(self.user_options)
-        configured = self.ssl_alt_names
-        names = configured(self) if callable(configured) else configured
-        if inspect.isawaitable(names):
-            names = await names
-        self.ssl_alt_names = [*names, *node_alt_names(node)]
-        try:
-            paths = await super().create_certs()
-        finally:
-            self.ssl_alt_names = configured
-        # Read them now: the Hub writes every server of a user to the same
-        # files, and another spawn of this user may rewrite them before
-        # move_certs runs. (Three small local files, as the Hub just wrote.)
-        self._new_certs = (paths, _read_cert_files(paths))
-        return paths
-
-    async def move_certs(self, paths):
-        """Copy the key, certificate and CA to the node; return their paths there.
-
-        They go to ``<server dir>/certs/`` under the user's home (0600 files
-        in a 0700 directory) and are removed when the server stops or fails
-        to start.
-        """
-        if self._new_certs is not None and self._new_certs[0] == paths:
-            files = self._new_certs[1]
-        else:
-            files = await self._in_thread(_read_cert_files, paths)
-        self._new_certs = None
-        node, _ = await self.check_options(self.user_options)
-        try:
-            login = self._login_name()
-        except OptionsError as e:
-            raise self._fail(f"Cannot start your server: {e}", reason="options") from None
-        target = self._target(node.address, login)
-        try:
-            certs_dir = await self._in_thread(self._put_certs, target, f"{self._server_dir()}/certs", files)
-        except remote.RemoteError as e:
-            raise self._fail(f"Cannot copy the TLS certificates to {node.label}: {e}", reason="ssh") from None
-        # Where stop() and a failed start find them (start() sets the same node again).
-        self.node, self.address, self.login, self.certs_dir = node.label, node.address, login, certs_dir
-        return {key: f"{self.certs_dir}/{name}" for key, name in CERT_FILES.items()}
-
-    def _certs_location(self) -> tuple[remote.Target | None, str]:
-        if not (self.certs_dir and self.address and self.login):
-            return None, ""
-        return self._target(self.address, self.login), self.certs_dir
-
-    async def _remove_certs(self, target: remote.Target | None, certs_dir: str) -> None:
-        if target is None or not certs_dir:
-            return
-        try:
-            await self._in_thread(self._drop_certs, target, certs_dir)
-        except remote.RemoteError as e:
-            self.log.warning(
-                "Could not remove the TLS certificates of %s (%s:%s): %s",
-                self._log_name,
-                target.host,
-                certs_dir,
-                e,
-            )
-            return
-        if self.certs_dir == certs_dir:
-            self.certs_dir = ""
-
-    def _session(self, target: remote.Target) -> remote.NodeSession:
-        bundle = _load_bundle(self._scripts_dir())
-        pool = _get_pool(self.ssh_idle_timeout, self.ssh_keepalive_interval)
-        return remote.NodeSession(
-            target, bundle, self.remote_state_dir, self.log, pool, node_dir=self.node_scripts_dir
-        )
-
-    def _put_certs(self, target: remote.Target, certs_dir: str, files: dict[str, bytes]) -> str:
-        """Blocking: upload the certificate files; their absolute directory on the node."""
-        with self._session(target) as session:
-            return session.put_private(certs_dir, files)
-
-    def _drop_certs(self, target: remote.Target, certs_dir: str) -> None:
-        with self._session(target) as session:
-            session.remove_private(certs_dir)
-
-
-# internal_ssl: the key of cert_paths -> the file's name on the node.
-CERT_FILES = {"keyfile": "server.key", "certfile": "server.crt", "cafile": "ca.crt"}
-
-
-def _read_cert_files(paths: dict) -> dict[str, bytes]:
-    return {name: Path(paths[key]).read_bytes() for key, name in CERT_FILES.items()}
-
-
-def node_alt_names(node: Node) -> list[str]:
-    """The subjectAltName entries naming *node*: its address, and its name if it has one."""
-    names = [f"IP:{node.address}"]
-    if node.label != node.address:
-        names.append(f"DNS:{node.label}")
-    return names
-
-
-async def _apply_user_options(spawner: RemoteSingularitySpawner, user_options) -> None:
-    await spawner.check_options(user_options)
-
-
-async def _render_options_form(spawner: RemoteSingularitySpawner) -> str:
-    nodes = await spawner.usable_nodes()
-    statuses = await spawner.node_statuses(nodes)
-    return render_form(nodes, statuses, spawner.gpu_nodes, spawner.default_bind_path)
-
-
-def render_form(nodes: list[Node], statuses: list[NodeStatus | None], gpu_nodes, default_binds: str) -> str:
-    """The options form: one choice per node with its status; unreachable ones disabled."""
-    choices = []
-    for node, status in zip(nodes, statuses, strict=True):
-        choices.append(
-            {
-                "node": node,
-                "gpu": node.label in gpu_nodes,
-                "status": status.summary() if status is not None else "",
-                "disabled": status is not None and not status.reachable,
-            }
-        )
-    selected = next((c for c in choices if not c["disabled"]), None)
-    return _templates.get_template("options_form.html").render(
-        choices=choices,
-        selected=selected,
-        any_gpu=any(c["gpu"] for c in choices),
-        default_binds=default_binds,
-    )
+        async for event in self._steps.events():
+            yield event

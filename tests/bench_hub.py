@@ -18,10 +18,10 @@ from tornado import web
 
 def _ssh_connections_opened() -> int:
     try:
-        from remotesingularityspawner import spawner  # noqa: PLC0415 - only with this spawner
+        from remotesingularityspawner.resources import shared  # noqa: PLC0415 - only with this spawner
     except ImportError:
         return 0
-    return spawner._pool.opened if spawner._pool is not None else 0
+    return shared.connections_opened()
 
 
 class PollRoundHandler(APIHandler):
