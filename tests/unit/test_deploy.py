@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import stat
 from types import SimpleNamespace
 
 import pytest
@@ -200,117 +199,7 @@ def test_the_table_has_one_row_per_node_and_the_reasons_below():
     assert lines[3] == "10.0.0.2: image /images/j.sif: missing"
 
 
-# --- the spawner's choice between the node-wide and the per-user copy ----------
-
-
-class FakeSFTP:
-    """Paths with (uid, mode); records what is written."""
-
-    def __init__(self, entries):
-        self.entries = dict(entries)
-        self.written = []
-
-    def stat(self, path):
-        if path not in self.entries:
-            raise FileNotFoundError(path)
-        uid, mode = self.entries[path]
-        return SimpleNamespace(st_uid=uid, st_mode=mode)
-
-    def mkdir(self, path, mode=0o777):
-        self.entries[path] = (1000, stat.S_IFDIR | mode)
-
-    def chmod(self, path, mode):
-        pass
-
-    def open(self, path, flags):
-        self.written.append(path)
-        entries = self.entries
-
-        class File:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                entries[path] = (1000, stat.S_IFREG | 0o600)
-
-            def chmod(self, mode):
-                pass
-
-            def write(self, data):
-                pass
-
-        return File()
-
-    def rename(self, old, new):
-        for key in [k for k in self.entries if k == old or k.startswith(old + "/")]:
-            self.entries[new + key[len(old) :]] = self.entries.pop(key)
-
-
-NODE_DIR = "/opt/rss/scripts"
-
-
-def node_wide(version, uid=0, file_mode=0o644, parent_mode=0o755):
-    entries = {"/opt": (0, stat.S_IFDIR | parent_mode), "/opt/rss": (0, stat.S_IFDIR | 0o755)}
-    entries[NODE_DIR] = (0, stat.S_IFDIR | 0o755)
-    entries[f"{NODE_DIR}/{version}"] = (0, stat.S_IFDIR | 0o755)
-    for name in remote.SCRIPT_FILES:
-        entries[f"{NODE_DIR}/{version}/{name}"] = (uid, stat.S_IFREG | file_mode)
-    return entries
-
-
-@pytest.mark.parametrize(
-    "entries, reason",
-    [
-        (node_wide("v"), ""),
-        ({}, "does not exist"),
-        (node_wide("v", uid=1000), "owned by uid 1000, not root"),
-        (node_wide("v", file_mode=0o664), "writable by group or others (mode 664)"),
-        (node_wide("v", parent_mode=0o777), "/opt is writable by group or others"),
-    ],
-)
-def test_node_wide_scripts_are_trusted_only_when_root_owned_and_not_writable_by_others(entries, reason):
-    why = remote.untrusted_because(FakeSFTP(entries), f"{NODE_DIR}/v")
-    assert (why == "") == (reason == "")
-    assert reason in why
-
-
-class FakeConn:
-    def __init__(self, sftp):
-        self.host = "10.0.0.1"
-        self.transport = SimpleNamespace(is_active=lambda: True, set_keepalive=lambda s: None)
-        self._sftp = sftp
-        self.commands = []
-
-    def sftp(self):
-        return self._sftp
-
-    def run(self, command, in_stream=None):
-        self.commands.append(command)
-        return SimpleNamespace(exited=0, stdout='{"running": true}\n', stderr="")
-
-    def close(self):
-        pass
-
-
-@pytest.mark.parametrize("installed, uses_node_dir", [(True, True), (False, False)])
-def test_the_spawner_runs_the_node_wide_scripts_when_installed_else_uploads_per_user(
-    installed, uses_node_dir, tmp_path
-):
-    for name in remote.SCRIPT_FILES:
-        (tmp_path / name).write_text(f"# {name} {installed}\n")
-    bundle = remote.ScriptBundle.load(tmp_path)
-    sftp = FakeSFTP(node_wide(bundle.version) if installed else {})
-    conn = FakeConn(sftp)
-    pool = remote.ConnectionPool(opener=lambda target, log: conn)
-    target = remote.Target(host="10.0.0.1", username="alice", key_files=(), known_hosts_files=())
-    with remote.NodeSession(target, bundle, ".rss", pool=pool, node_dir=NODE_DIR) as s:
-        s.run("check_pid.sh", ["--pid", "1"])
-    if uses_node_dir:
-        assert conn.commands == [f"bash {NODE_DIR}/{bundle.version}/check_pid.sh --pid 1"]
-        assert sftp.written == [], "nothing uploaded to the user's home"
-    else:
-        assert conn.commands == [f"bash .rss/scripts/{bundle.version}/check_pid.sh --pid 1"]
-        assert len(sftp.written) == len(remote.SCRIPT_FILES)
+# --- deploy over an unsafe copy ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -339,47 +228,3 @@ def test_deploy_replaces_an_unsafe_copy_but_not_for_an_unsafe_parent(monkeypatch
         assert report.scripts == "INSTALLED" and report.notes == []
     else:
         assert report.scripts == "UNSAFE" and problem in report.notes[0]
-
-
-def test_node_wide_scripts_removed_behind_the_spawners_back_fall_back_to_an_upload(tmp_path):
-    for name in remote.SCRIPT_FILES:
-        (tmp_path / name).write_text(f"# {name}\n")
-    bundle = remote.ScriptBundle.load(tmp_path)
-    sftp = FakeSFTP(node_wide(bundle.version))
-    conn = FakeConn(sftp)
-    pool = remote.ConnectionPool(opener=lambda target, log: conn)
-    target = remote.Target(host="10.0.0.9", username="bob", key_files=(), known_hosts_files=())
-    with remote.NodeSession(target, bundle, ".rss", pool=pool, node_dir=NODE_DIR) as s:
-        s.run("check_pid.sh", [])
-    # An admin removes the node-wide copy; bash then says the file is missing.
-    sftp.entries = {k: v for k, v in sftp.entries.items() if not k.startswith(NODE_DIR)}
-    missing = f"bash: {NODE_DIR}/{bundle.version}/stop.sh: No such file or directory\n"
-    replies = [SimpleNamespace(exited=127, stdout="", stderr=missing)]
-    run = conn.run
-    conn.run = lambda command, in_stream=None: replies.pop(0) if replies else run(command, in_stream)
-    with remote.NodeSession(target, bundle, ".rss", pool=pool, node_dir=NODE_DIR) as s:
-        reply = s.run("stop.sh", [])
-    assert reply.exit_code == 0
-    assert conn.commands[-1] == f"bash .rss/scripts/{bundle.version}/stop.sh"
-    assert len(sftp.written) == len(remote.SCRIPT_FILES)
-
-
-def test_a_copy_deployed_while_the_hub_runs_is_used_from_the_next_start(tmp_path):
-    for name in remote.SCRIPT_FILES:
-        (tmp_path / name).write_text(f"# {name} later\n")
-    bundle = remote.ScriptBundle.load(tmp_path)
-    sftp = FakeSFTP({})
-    conn = FakeConn(sftp)
-    pool = remote.ConnectionPool(opener=lambda target, log: conn)
-    target = remote.Target(host="10.0.0.8", username="carol", key_files=(), known_hosts_files=())
-
-    def run(script):
-        with remote.NodeSession(target, bundle, ".rss", pool=pool, node_dir=NODE_DIR) as s:
-            s.run(script, [])
-        return conn.commands[-1].split()[1].rsplit("/", 2)[0]
-
-    assert run("start_singleuser.sh") == ".rss/scripts"
-    sftp.entries.update(node_wide(bundle.version))  # invoke deploy
-    assert run("check_pid.sh") == ".rss/scripts", "polls keep what they found"
-    assert run("start_singleuser.sh") == NODE_DIR
-    assert run("stop.sh") == NODE_DIR

@@ -5,31 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
+from fakes import reply
 
-from remotesingularityspawner import RemoteSingularitySpawner, remote
-from remotesingularityspawner import spawner as spawner_module
-from remotesingularityspawner.nodes import Node, NodeStatus
+from remotesingularityspawner import remote
+from remotesingularityspawner.form import render_form
+from remotesingularityspawner.nodes import Node
+from remotesingularityspawner.resources import shared
+from remotesingularityspawner.status import NodeStatus
 
-SERVICE_ENV = {"JUPYTERHUB_SERVICE_URL": "http://10.0.0.1:0/user/alice/"}
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    spawner_module._node_cache.clear()
-    spawner_module._status_cache.clear()
-    spawner_module._status_fetches.clear()
-    yield
-    spawner_module._status_cache.clear()
-
-
-def make_spawner(**traits):
-    user = SimpleNamespace(name="alice", url="/user/alice/", id=1)
-    traits.setdefault("nodelist", "n1:10.0.0.1,n2:10.0.0.2")
-    traits.setdefault("singularity_container_path", "/img.sif")
-    return RemoteSingularitySpawner(user=user, **traits)
+# Two nodes and an image: what every spawner of these tests is configured with.
+CLUSTER = {"nodelist": "n1:10.0.0.1,n2:10.0.0.2", "singularity_container_path": "/img.sif"}
+STARTED = reply(pid=9, start_time=5, port=50000)
 
 
 # --- the @progress protocol ----------------------------------------------------------
@@ -83,21 +71,21 @@ async def collect(spawner, until_count, timeout=5):
     return events
 
 
-async def test_start_reports_each_step_in_words_with_rising_percentages(monkeypatch):
-    s = make_spawner(gpu_nodes=["n2"])
-    monkeypatch.setattr(s, "get_env", lambda: SERVICE_ENV)
+async def test_start_reports_each_step_in_words_with_rising_percentages(make_spawner, fake_ssh):
+    s = make_spawner(**CLUSTER, gpu_nodes=["n2"])
     worker_threads = []
 
-    def run(target, script, args, stdin="", on_progress=None):
-        # What _run_script and the relay do in the worker thread.
+    def start(args, stdin):
+        # The script's @progress lines, relayed while it runs.
         worker_threads.append(threading.current_thread() is not threading.main_thread())
-        on_progress(25, "connected; preparing the scripts on n1")
-        on_progress(40, "starting the container img.sif")
-        on_progress(40, "starting the container img.sif")  # a port retry
-        on_progress(60, "waiting for the server to listen on port 50000")
-        return remote.Reply(0, {"pid": 9, "start_time": 5, "port": 50000, "scripts_version": "v"})
+        return reply(
+            pid=9, start_time=5, port=50000,
+            stderr="@progress 40 starting the container img.sif\n"
+            "@progress 40 starting the container img.sif\n"  # a port retry
+            "@progress 60 waiting for the server to listen on port 50000\n",
+        )  # fmt: skip
 
-    monkeypatch.setattr(s, "_run_script", run)
+    fake_ssh.node("10.0.0.1").on("start_singleuser.sh", start)
     s.user_options = {"host": "n1"}
     listener = asyncio.ensure_future(collect(s, 6))
     assert await s.start() == ("10.0.0.1", 50000)
@@ -119,9 +107,10 @@ async def test_start_reports_each_step_in_words_with_rising_percentages(monkeypa
     assert await collect(s, 6) == events
 
 
-async def test_no_step_is_lost_when_steps_arrive_while_the_page_handles_one():
-    s = make_spawner()
-    s._report(10, "one")
+async def test_no_step_is_lost_when_steps_arrive_while_the_page_handles_one(make_spawner):
+    s = make_spawner(**CLUSTER)
+    steps = s._steps  # what start() reports to (the relay too, on the event loop)
+    steps.report(10, "one")
     received = []
 
     async def listen():
@@ -129,8 +118,8 @@ async def test_no_step_is_lost_when_steps_arrive_while_the_page_handles_one():
             received.append(event["message"])
             if event["message"] == "one":
                 # Arrive while the listener holds "one" (as the relay's do).
-                s._report(40, "two")
-                s._report(60, "three")
+                steps.report(40, "two")
+                steps.report(60, "three")
             if len(received) == 3:
                 return
 
@@ -141,14 +130,9 @@ async def test_no_step_is_lost_when_steps_arrive_while_the_page_handles_one():
     assert received == ["one", "two", "three"]
 
 
-async def test_progress_of_a_new_start_begins_afresh(monkeypatch):
-    s = make_spawner()
-    monkeypatch.setattr(s, "get_env", lambda: SERVICE_ENV)
-    monkeypatch.setattr(
-        s,
-        "_run_script",
-        lambda *a: remote.Reply(0, {"pid": 9, "start_time": 5, "port": 1, "scripts_version": "v"}),
-    )
+async def test_progress_of_a_new_start_begins_afresh(make_spawner, fake_ssh):
+    s = make_spawner(**CLUSTER)
+    fake_ssh.node("10.0.0.2").on("start_singleuser.sh", reply(pid=9, start_time=5, port=1))
     s.user_options = {"host": "n2"}
     await s.start()
     s.clear_state()
@@ -157,16 +141,17 @@ async def test_progress_of_a_new_start_begins_afresh(monkeypatch):
     assert not listener.done(), "the old start's steps are not shown again"
     await s.start()
     assert (await listener)[0]["message"] == "connecting to n2 as alice"
+    assert fake_ssh.node("10.0.0.2").scripts_run() == ["start_singleuser.sh"] * 2
 
 
-async def test_a_failed_start_says_why(monkeypatch):
-    s = make_spawner()
-    monkeypatch.setattr(s, "get_env", lambda: SERVICE_ENV)
-
-    def run(*args):
-        return remote.Reply(4, {}, "FATAL:   container creation failed: mount /nope->/nope error")
-
-    monkeypatch.setattr(s, "_run_script", run)
+async def test_a_failed_start_says_why(make_spawner, fake_ssh):
+    s = make_spawner(**CLUSTER)
+    fake_ssh.node("10.0.0.1").on(
+        "start_singleuser.sh",
+        reply(
+            remote.ExitCode.SERVER_DIED, stderr="FATAL:   container creation failed: mount /nope->/nope error"
+        ),
+    )
     s.user_options = {"host": "n1"}
     with pytest.raises(Exception) as e:
         await s.start()
@@ -176,20 +161,18 @@ async def test_a_failed_start_says_why(monkeypatch):
 # --- GPU nodes -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host, expected", [("n1", ["--pid"]), ("n2", ["--pid", "--nv"])])
-async def test_gpu_nodes_get_the_gpu_flags(monkeypatch, host, expected):
-    s = make_spawner(gpu_nodes=["n2"], singularity_args=["--pid"])
-    monkeypatch.setattr(s, "get_env", lambda: SERVICE_ENV)
-    seen = []
-
-    def run(target, script, args, stdin="", on_progress=None):
-        seen.append(list(args))
-        return remote.Reply(0, {"pid": 9, "start_time": 5, "port": 1, "scripts_version": "v"})
-
-    monkeypatch.setattr(s, "_run_script", run)
+@pytest.mark.parametrize("host, address, expected", [
+    ("n1", "10.0.0.1", ["--pid"]),
+    ("n2", "10.0.0.2", ["--pid", "--nv"]),
+])  # fmt: skip
+async def test_gpu_nodes_get_the_gpu_flags(make_spawner, fake_ssh, host, address, expected):
+    s = make_spawner(**CLUSTER, gpu_nodes=["n2"], singularity_args=["--pid"])
+    node = fake_ssh.node(address)
+    node.on("start_singleuser.sh", reply(pid=9, start_time=5, port=1))
     s.user_options = {"host": host}
     await s.start()
-    args = seen[0]
+    (run,) = [r for r in node.runs if r.script == "start_singleuser.sh"]
+    args = run.args
     flags = [args[i + 1] for i, a in enumerate(args[: args.index("--")]) if a == "--singularity-arg"]
     assert flags == expected
 
@@ -214,7 +197,7 @@ def test_form_shows_status_disables_unreachable_and_marks_gpu():
         NodeStatus.from_reply({"load": 0.5, "mem_available_kib": 2**20, "servers": 0}),
         None,
     ]
-    html = spawner_module.render_form(nodes, statuses, ["n2"], "")
+    html = render_form(nodes, statuses, ["n2"], "")
     options = [o.split("</option>")[0] for o in html.split("<option")[1:]]
     assert "disabled" in options[0] and "unreachable" in options[0] and "selected" not in options[0]
     assert "selected" in options[1], "the first reachable node is preselected"
@@ -224,40 +207,46 @@ def test_form_shows_status_disables_unreachable_and_marks_gpu():
 
 
 def test_form_when_no_node_answers_says_so():
-    html = spawner_module.render_form([Node("n1", "10.0.0.1")], [NodeStatus(reachable=False)], [], "")
+    html = render_form([Node("n1", "10.0.0.1")], [NodeStatus(reachable=False)], [], "")
     assert "disabled" in html and "selected" not in html
     assert "No node can be reached" in html
 
 
-async def test_form_asks_the_nodes_concurrently_in_threads_and_caches(monkeypatch):
-    s = make_spawner(node_status_timeout=2, node_status_ttl=30)
+async def test_form_asks_the_nodes_concurrently_in_threads_and_caches(make_spawner, fake_ssh):
+    s = make_spawner(**CLUSTER, node_status_timeout=2, node_status_ttl=30)
     asked = []
     both_asked = threading.Barrier(2, timeout=2)
 
-    def run(target, script, args, stdin="", on_progress=None):
-        asked.append((target.host, script, threading.current_thread() is threading.main_thread()))
-        both_asked.wait()  # fails unless the two nodes are asked at the same time
-        return remote.Reply(0, {"load": 0.25, "mem_available_kib": 2**21, "servers": 3})
+    def status_of(host):
+        def answer(args, stdin):
+            asked.append((host, threading.current_thread() is threading.main_thread()))
+            both_asked.wait()  # fails unless the two nodes are asked at the same time
+            return reply(load=0.25, mem_available_kib=2**21, servers=3)
 
-    monkeypatch.setattr(s, "_run_script", run)
+        return answer
+
+    for host in ("10.0.0.1", "10.0.0.2"):
+        fake_ssh.node(host).on("node_status.sh", status_of(host))
     html = await s.get_options_form()
-    assert sorted(asked) == [("10.0.0.1", "node_status.sh", False), ("10.0.0.2", "node_status.sh", False)]
+    assert sorted(asked) == [("10.0.0.1", False), ("10.0.0.2", False)]
+    assert [n.scripts_run() for n in fake_ssh.nodes.values()] == [["node_status.sh"]] * 2
+    assert {r.login for r in fake_ssh.runs("node_status.sh")} == {"alice"}, "asked as the user"
     assert html.count("load 0.25, 2.0 GiB free, 3 servers") == 2
     await s.get_options_form()
     assert len(asked) == 2, "cached within node_status_ttl"
+    assert len(fake_ssh.runs("node_status.sh")) == 2
 
 
-async def test_a_node_that_does_not_answer_in_time_is_unreachable_and_refused(monkeypatch):
-    s = make_spawner(node_status_timeout=0.2)
+async def test_a_node_that_does_not_answer_in_time_is_unreachable_and_refused(make_spawner, fake_ssh):
+    s = make_spawner(**CLUSTER, node_status_timeout=0.2)
     release = threading.Event()
 
-    def run(target, script, args, stdin="", on_progress=None):
-        if target.host == "10.0.0.2":
-            release.wait(5)
-            raise remote.ConnectError("cannot connect to alice@10.0.0.2:22: timed out")
-        return remote.Reply(0, {"load": 0.1, "mem_available_kib": 2**20, "servers": 0})
+    def slow(args, stdin):
+        release.wait(5)
+        raise remote.ConnectError("cannot connect to alice@10.0.0.2:22: timed out")
 
-    monkeypatch.setattr(s, "_run_script", run)
+    fake_ssh.node("10.0.0.1").on("node_status.sh", reply(load=0.1, mem_available_kib=2**20, servers=0))
+    fake_ssh.node("10.0.0.2").on("node_status.sh", slow)
     started = time.monotonic()
     html = await s.get_options_form()
     assert time.monotonic() - started < 4, "the form did not wait for the slow node"
@@ -266,9 +255,13 @@ async def test_a_node_that_does_not_answer_in_time_is_unreachable_and_refused(mo
     with pytest.raises(Exception, match=r"node n2 is unreachable \(no answer within 0.2 s\)"):
         await s.apply_user_options(s, {"host": "n2"})
     release.set()
+
+    def late_answer_arrived():
+        status = shared.status.fresh(("10.0.0.2", "alice"), s.node_status_ttl)
+        return status is not None and status.error.startswith("cannot connect")
+
     for _ in range(100):
-        cached = spawner_module._status_cache.get(("10.0.0.2", "alice"))
-        if cached and cached[1].error.startswith("cannot connect"):
+        if late_answer_arrived():
             break
         await asyncio.sleep(0.02)
 
@@ -279,19 +272,21 @@ async def test_a_node_that_does_not_answer_in_time_is_unreachable_and_refused(mo
     await s.apply_user_options(s, {"host": "n1"})
 
 
-async def test_start_refuses_a_node_the_form_found_unreachable_without_connecting(monkeypatch):
-    s = make_spawner(node_status_ttl=30)
-    spawner_module._status_cache[("10.0.0.1", "alice")] = (
-        time.monotonic(),
-        NodeStatus(reachable=False, error="connection refused"),
-    )
-    monkeypatch.setattr(s, "_run_script", lambda *a: pytest.fail("connected"))
+async def test_start_refuses_a_node_the_form_found_unreachable_without_connecting(
+    make_spawner, fake_ssh, clock
+):
+    s = make_spawner(**CLUSTER, node_status_ttl=30)
+    fake_ssh.refuse["10.0.0.1"] = remote.ConnectError("connection refused")
+    fake_ssh.node("10.0.0.2").on("node_status.sh", reply(servers=0))
+    await s.get_options_form()
+    opened = len(fake_ssh.connections)
     s.user_options = {"host": "n1"}
-    with pytest.raises(Exception, match="node n1 is unreachable"):
+    with pytest.raises(Exception, match=r"node n1 is unreachable \(connection refused\)"):
         await s.start()
+    assert len(fake_ssh.connections) == opened and fake_ssh.runs("start_singleuser.sh") == [], "connected"
     # Once the status is older than node_status_ttl, the node may be tried again.
-    spawner_module._status_cache[("10.0.0.1", "alice")] = (
-        time.monotonic() - 31,
-        NodeStatus(reachable=False, error="connection refused"),
-    )
+    clock.now += 31
     assert s._cached_status(Node("n1", "10.0.0.1")) is None
+    del fake_ssh.refuse["10.0.0.1"]
+    fake_ssh.node("10.0.0.1").on("start_singleuser.sh", STARTED)
+    assert await s.start() == ("10.0.0.1", 50000)
