@@ -1,17 +1,12 @@
 #!/usr/bin/env bats
 # node_status.sh: the load, memory and servers the spawn form shows.
 
+bats_require_minimum_version 1.5.0
+
 load helpers
 
-setup() {
-  common_setup
-  FAKE_SERVER=""
-}
-
-teardown() {
-  if [[ -n "${FAKE_SERVER}" ]]; then kill "${FAKE_SERVER}" 2>/dev/null || true; fi
-  common_teardown
-}
+setup() { common_setup; }
+teardown() { common_teardown; }
 
 status_field() {
   run -0 --separate-stderr bash "${SCRIPTS}/node_status.sh"
@@ -40,16 +35,17 @@ status_field() {
   # A process whose name is jupyterhub-singleuser, as the container's server is.
   ln -s "$(command -v sleep)" "${BATS_TEST_TMPDIR}/jupyterhub-singleuser"
   "${BATS_TEST_TMPDIR}/jupyterhub-singleuser" 1000 3>&- &
-  FAKE_SERVER=$!
+  local fake_server=$!
+  track_pid "${fake_server}"
   for _ in $(seq 50); do
-    [ "$(cat "/proc/${FAKE_SERVER}/comm")" = jupyterhub-sing ] && break
+    [ "$(cat "/proc/${fake_server}/comm")" = jupyterhub-sing ] && break
     sleep 0.1
   done
   run -0 --separate-stderr bash "${SCRIPTS}/node_status.sh"
   [ "$(json_field "${output}" my_servers)" -eq $((mine_before + 1)) ]
   (($(json_field "${output}" servers) >= $(json_field "${output}" my_servers)))
-  kill "${FAKE_SERVER}"
-  wait "${FAKE_SERVER}" || true
+  kill "${fake_server}"
+  wait "${fake_server}" || true
   [ "$(status_field my_servers)" -eq "${mine_before}" ]
 }
 

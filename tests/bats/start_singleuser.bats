@@ -1,5 +1,12 @@
 #!/usr/bin/env bats
 # start_singleuser.sh against the stand-in singularity.
+# SC2016: single-quoted $ and backquotes are meant literally (values the server must receive).
+# SC2030,SC2031: each @test runs in a subshell of its own; shellcheck sees them as one.
+# SC2034: EXE and HUB_ENV_EXTRA are read by start_server (helpers.bash).
+# SC2154: bats' `run --separate-stderr` assigns stderr.
+# shellcheck disable=SC2016,SC2030,SC2031,SC2034,SC2154
+
+bats_require_minimum_version 1.5.0
 
 load helpers
 
@@ -10,8 +17,7 @@ teardown() { common_teardown; }
   start_ok
   [ "$(printf '%s\n' "${output}" | wc -l)" -eq 1 ]
   ((PORT >= 49152 && PORT <= 60999))
-  run curl -fsS "http://127.0.0.1:${PORT}/"
-  [ "${status}" -eq 0 ]
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
   [[ "${output}" == *'"ok": true'* ]]
 }
 
@@ -44,23 +50,9 @@ teardown() { common_teardown; }
   grep -q "listening on 127.0.0.1:${PORT}" "${HOME}/${SERVER_DIR}/server.log"
 }
 
-@test "the environment from stdin reaches the server literally; the port is rewritten" {
-  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b' $'MULTI=line1\nline2' 'SCOPES=["access:servers!server=alice/", "x y"]')
-  start_ok
-  run curl -fsS "http://127.0.0.1:${PORT}/env"
-  env_json="${output}"
-  py() { python3 -c "import json,sys; e=json.loads(sys.argv[1]); print(e[sys.argv[2]], end='')" "${env_json}" "$1"; }
-  [ "$(py JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
-  [ "$(py ODD)" = 'a $HOME `id` "q" \ b' ]
-  [ "$(py MULTI)" = $'line1\nline2' ]
-  [ "$(py SCOPES)" = '["access:servers!server=alice/", "x y"]' ]
-  [ "$(py JUPYTERHUB_SERVICE_URL)" = "http://127.0.0.1:${PORT}/user/alice/" ]
-}
-
 # The server's environment as the server sees it: server_env KEY prints one value.
 fetch_server_env() {
-  run curl -fsS "http://127.0.0.1:${PORT}/env"
-  [ "${status}" -eq 0 ]
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/env"
   SERVER_ENV="${output}"
 }
 server_env() {
@@ -68,8 +60,20 @@ server_env() {
     "${SERVER_ENV}" "$1"
 }
 
+@test "the environment from stdin reaches the server literally; the port is rewritten" {
+  HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b' $'MULTI=line1\nline2' 'SCOPES=["access:servers!server=alice/", "x y"]')
+  start_ok
+  fetch_server_env
+  [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
+  [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
+  [ "$(server_env MULTI)" = $'line1\nline2' ]
+  [ "$(server_env SCOPES)" = '["access:servers!server=alice/", "x y"]' ]
+  [ "$(server_env JUPYTERHUB_SERVICE_URL)" = "http://127.0.0.1:${PORT}/user/alice/" ]
+}
+
 @test "with --cleanenv or --containall the Hub's environment still reaches the server literally" {
   HUB_ENV_EXTRA=('ODD=a $HOME `id` "q" \ b' $'MULTI=line1\nline2' 'KEEP_ME=yes')
+  local flag
   for flag in --cleanenv --containall; do
     start_ok --singularity-arg "${flag}"
     fetch_server_env
@@ -93,7 +97,7 @@ server_env() {
   fetch_server_env
   [ "$(server_env JUPYTERHUB_API_TOKEN)" = "${TOKEN}" ]
   [ "$(server_env ODD)" = 'a $HOME `id` "q" \ b' ]
-  ! grep -q 'WARNING' "${HOME}/${SERVER_DIR}/server.log"
+  run ! grep -q 'WARNING' "${HOME}/${SERVER_DIR}/server.log"
 }
 
 @test "with --no-eval the values are passed unescaped and still arrive literally" {
@@ -114,22 +118,24 @@ server_env() {
 
 @test "the API token is in no process's argv and not in the log" {
   start_ok
-  ! grep -aqF -- "${TOKEN}" /proc/[0-9]*/cmdline
-  ! grep -qF -- "${TOKEN}" "${HOME}/${SERVER_DIR}/server.log"
+  # The token from a file, not in grep's own argv. -s: a process may end between
+  # the glob and the read (with -q a match still exits 0).
+  printf '%s\n' "${TOKEN}" >"${BATS_TEST_TMPDIR}/token"
+  run ! grep -aqsF -f "${BATS_TEST_TMPDIR}/token" /proc/[0-9]*/cmdline
+  run ! grep -qF -- "${TOKEN}" "${HOME}/${SERVER_DIR}/server.log"
 }
 
 @test "PATH and other reserved variables from the Hub are not imported" {
   HUB_ENV_EXTRA=("PATH=/hub/only/bin" "LD_PRELOAD=/evil.so")
   start_ok
   [[ "${stderr}" == *"not overriding PATH"* && "${stderr}" == *"not overriding LD_PRELOAD"* ]]
-  run curl -fsS "http://127.0.0.1:${PORT}/env"
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/env"
   [[ "${output}" != *"/hub/only/bin"* && "${output}" != *"/evil.so"* ]]
 }
 
 @test "an invalid environment record is refused before anything starts" {
-  run --separate-stderr bash -c "printf 'BAD-KEY=1\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -7 --separate-stderr reaped bash -c "printf 'BAD-KEY=1\0' | bash '${SCRIPTS}/start_singleuser.sh' \
     --exe singularity --image '${IMAGE}' --server-dir x -- fake-singleuser"
-  [ "${status}" -eq 7 ]
   [[ "${stderr}" == *"invalid environment record"* ]]
   [ ! -e "${HOME}/x/server.log" ]
 }
@@ -139,33 +145,31 @@ server_env() {
   printf 'hello\n' >"${BATS_TEST_TMPDIR}/data/file"
   start_ok --bind "${BATS_TEST_TMPDIR}/data:/mnt:ro"
   # /mnt inside is the bound directory: look through the payload's root
+  local payload inner
   payload=$(ps -o pid= --ppid "${PID}" | head -n 1 | tr -d ' ')
   inner=$(pgrep -P "${payload}" -f fake-singleuser || printf '%s' "${payload}")
   [ "$(cat "/proc/${inner}/root/mnt/file")" = hello ]
-}
-
-@test "image missing: fails fast with the runtime's message from the log" {
-  run --separate-stderr hub_env_start_with_image "${BATS_TEST_TMPDIR}/missing.sif"
-  [ "${status}" -eq 4 ]
-  [[ "${stderr}" == *"could not open image ${BATS_TEST_TMPDIR}/missing.sif"* ]]
-  [[ "${stderr}" == *"no such file or directory"* ]]
-  [[ "${stderr}" == *"exited with status 255"* ]]
 }
 
 hub_env_start_with_image() {
   IMAGE="$1" start_server
 }
 
+@test "image missing: fails fast with the runtime's message from the log" {
+  run -4 --separate-stderr hub_env_start_with_image "${BATS_TEST_TMPDIR}/missing.sif"
+  [[ "${stderr}" == *"could not open image ${BATS_TEST_TMPDIR}/missing.sif"* ]]
+  [[ "${stderr}" == *"no such file or directory"* ]]
+  [[ "${stderr}" == *"exited with status 255"* ]]
+}
+
 @test "bind source missing: fails fast naming the source" {
-  run --separate-stderr start_server --bind /nonexistent/data:/mnt
-  [ "${status}" -eq 4 ]
+  run -4 --separate-stderr start_server --bind /nonexistent/data:/mnt
   [[ "${stderr}" == *"mount source /nonexistent/data doesn't exist"* ]]
 }
 
 @test "command missing in the container: fails fast" {
-  run --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -4 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
     --exe singularity --image '${IMAGE}' --server-dir x -- no-such-server"
-  [ "${status}" -eq 4 ]
   [[ "${stderr}" == *'"no-such-server": executable file not found in $PATH'* ]]
 }
 
@@ -175,57 +179,56 @@ hub_env_start_with_image() {
   start_ok
   [[ "${stderr}" == *"was taken meanwhile, retrying"* ]]
   [ ! -e "${FAKE_FAIL_ONCE}" ]
-  run curl -fsS "http://127.0.0.1:${PORT}/"
-  [ "${status}" -eq 0 ]
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
 }
 
 @test "no free port in the range: exit 6, nothing started" {
   python3 -m http.server --bind 127.0.0.1 50999 >/dev/null 2>&1 &
-  blocker=$!
+  local blocker=$!
+  track_pid "${blocker}"
   for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:50999/" && break; sleep 0.1; done
-  run --separate-stderr start_server --port-range 50999-50999
+  run -6 --separate-stderr start_server --port-range 50999-50999
   kill "${blocker}"
-  [ "${status}" -eq 6 ]
   [[ "${stderr}" == *"no free port in 50999-50999"* ]]
 }
 
 @test "a server that never listens is killed at the timeout: exit 5, nothing left" {
-  run --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -5 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
     --exe singularity --image '${IMAGE}' --server-dir x --timeout 1 -- sleep 1000"
-  [ "${status}" -eq 5 ]
   [[ "${stderr}" == *"did not listen"* ]]
   sleep 0.5
-  ! pgrep -f "sleep 1000"
+  [ -z "$(left_alive)" ]
 }
 
 @test "a server that dies during start leaves none of its helpers behind: exit 4" {
-  # Unique durations: other runs on this machine may have sleeps of their own.
+  # Its helpers, one in its process group, one in a session of its own, are
+  # left to the subreaper of `reaped` if they outlive it: none may be alive.
   local group="1${RANDOM}.5" session="2${RANDOM}.5"
-  run --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -4 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
     --exe singularity --image '${IMAGE}' --server-dir x --timeout 20 \
     -- bash -c 'sleep ${group} & setsid sleep ${session} & sleep 1.5; echo crashed >&2; exit 3'"
-  local left
-  left=$(pgrep -f "sleep (${group}|${session})" -U "$(id -u)" || true)
-  pkill -KILL -f "sleep (${group}|${session})" -U "$(id -u)" 2>/dev/null || true
-  [ "${status}" -eq 4 ]
   [[ "${stderr}" == *"crashed"* ]]
-  [ -z "${left}" ]
+  [ -z "$(left_alive)" ]
+}
+
+@test "a server directory that cannot be made: exit 10 naming it, the reason and the likely cause" {
+  : >"${HOME}/.rss"  # a file where the state directory should be
+  run -10 --separate-stderr start_server
+  [[ "${stderr}" == *"cannot create the server's directory ${SERVER_DIR}: Not a directory"* ]]
+  [[ "${stderr}" == *"(is the home directory full (disk quota) or read-only?)"* ]]
+  [ -z "$(left_alive)" ]
 }
 
 @test "usage errors exit 64 with a message" {
-  run --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --image x --server-dir y -- cmd
-  [ "${status}" -eq 64 ]
+  run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --image x --server-dir y -- cmd
   [[ "${stderr}" == *"--exe, --image and --server-dir are required"* ]]
-  run --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --bogus
-  [ "${status}" -eq 64 ]
-  run --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y \
+  run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --bogus
+  run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y \
     --port-range 80-90 -- cmd
-  [ "${status}" -eq 64 ]
   [[ "${stderr}" == *"outside 1024-65535"* ]]
 }
 
 @test "--help describes the options" {
-  run bash "${SCRIPTS}/start_singleuser.sh" --help
-  [ "${status}" -eq 0 ]
+  run -0 bash "${SCRIPTS}/start_singleuser.sh" --help
   [[ "${output}" == *"--server-dir"* && "${output}" == *"NUL-separated"* ]]
 }
