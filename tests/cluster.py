@@ -26,10 +26,24 @@ What up() builds (all constants are in CONFIG):
   (``unshare --pid --mount --uts ... tini -s -- sh -c 'sshd ...; exec sleep infinity'``), so
   each node has its own PID namespace, /proc and hostname, and sshd can be restarted alone;
 * a per-node sshd (keys only, own host keys, SFTP via internal-sftp) on NODE_IP:22;
+* a second sshd on every node, on NODE_IP:2222 (``CONFIG.nosftp_port``): the same host keys
+  and settings but no ``Subsystem`` line, so an SFTP session there fails while commands run,
+  as on a site that disabled SFTP; its own config, PidFile and log (``Node.nosftp_sshd_*``).
+  restart_sshd() and stop_sshd() act on the main sshd (port 22) only;
 * users rss-alice (ed25519), rss-bob (ecdsa), rss-carol (rsa 3072), rss-demo (ed25519) with
-  ``~/.ssh/id_<type>``, authorized_keys and known_hosts (both nodes, by name and address);
+  ``~/.ssh/id_<type>``, authorized_keys and known_hosts (both nodes, by name and address, and
+  as ``[name]:2222`` and ``[address]:2222`` for the sshd without sftp),
+  login shell /bin/bash and Debian's start-up files;
   /etc/ssh/ssh_known_hosts is never touched; a root-owned copy of the host keys list is at
   ``/var/lib/rss-cluster/known_hosts``;
+* users whose start-up files print a banner on stdout (BANNER_STDOUT) and one on stderr
+  (BANNER_STDERR) for every shell sshd starts, also for ``ssh node command``, as module
+  systems and welcome messages do: rss-bash (/bin/bash, ~/.bashrc at its very top, and
+  ~/.bash_profile), rss-tcsh (tcsh, ~/.tcshrc and ~/.cshrc), rss-zsh (zsh, ~/.zshenv);
+  ed25519 keys;
+* rss-rohome (ed25519), whose home the user cannot write (a full or read-only home): it is
+  root's, 0755, and holds nothing but ~/.ssh (the user's, 0700), so key logins work but
+  the user can create nothing in the home itself;
 * a world-readable single-user venv /opt/rss-singleuser (jupyterhub pinned to the hub's
   version, jupyter_server, jupyterlab);
 * the singularity stand-in (tests/bin/singularity, copied to /opt/rss-cluster/bin with an
@@ -79,6 +93,9 @@ _MARKER_VAR = "RSS_CLUSTER_NODE"  # in the environment of every node's init: NAM
 _HELD_VAR = "RSS_CLUSTER_HELD"  # set while this process (or an ancestor) holds exclusive()
 _SSHD = "/usr/sbin/sshd"
 _TOOLS = "ip unshare tini nsenter setpriv setsid ssh-keygen useradd usermod userdel".split()
+# What the banner users' start-up files print for every shell, on stdout and on stderr.
+BANNER_STDOUT = "Welcome to the cluster (stdout banner)"
+BANNER_STDERR = "module: loaded defaults (stderr banner)"
 _HERE = Path(__file__).resolve().parent
 
 
@@ -101,6 +118,9 @@ class NodeSpec:
 class UserSpec:
     name: str
     key_type: str
+    shell: str = "bash"  # the login shell, by name (found on the system PATH)
+    banners: bool = False  # start-up files print BANNER_STDOUT and BANNER_STDERR for every shell
+    read_only_home: bool = False  # the home is root's: the user can create nothing in it
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,7 @@ class Config:
     hub_ip: str = "10.213.47.1"
     prefix_len: int = 24
     ssh_port: int = 22
+    nosftp_port: int = 2222  # the second sshd on every node: no SFTP subsystem
     nodes: tuple[NodeSpec, ...] = (
         NodeSpec("rss-node1", "10.213.47.11"),
         NodeSpec("rss-node2", "10.213.47.12"),
@@ -125,6 +146,10 @@ class Config:
         UserSpec("rss-bob", "ecdsa"),
         UserSpec("rss-carol", "rsa"),
         UserSpec("rss-demo", "ed25519"),
+        UserSpec("rss-bash", "ed25519", banners=True),
+        UserSpec("rss-tcsh", "ed25519", shell="tcsh", banners=True),
+        UserSpec("rss-zsh", "ed25519", shell="zsh", banners=True),
+        UserSpec("rss-rohome", "ed25519", read_only_home=True),
     )
     user_prefix: str = "rss-"  # the harness refuses to create or delete any other account
     singleuser_extras: tuple[str, ...] = ("jupyter_server", "jupyterlab")
@@ -199,6 +224,10 @@ class Node:
     sshd_pid_file: Path  # holds sshd's PID *inside* the node's PID namespace
     console_log: Path  # stdout/stderr of the node's init
     host_keys: tuple[Path, ...]  # private keys; the public key is beside each, + ".pub"
+    nosftp_port: int  # the second sshd, without an SFTP subsystem
+    nosftp_sshd_config: Path
+    nosftp_sshd_log: Path
+    nosftp_sshd_pid_file: Path  # a PID inside the node's PID namespace
 
 
 @dataclass(frozen=True)
@@ -210,6 +239,7 @@ class User:
     home: Path
     uid: int
     gid: int
+    shell: str = "/bin/bash"
 
 
 @dataclass(frozen=True)
@@ -221,7 +251,7 @@ class Cluster:
     apptainer: Path
     image: Path
     venv: Path
-    known_hosts: Path  # root-owned, all nodes' host keys (name,ip keytype key)
+    known_hosts: Path  # root-owned, all nodes' host keys (name,ip keytype key; [name]:2222,[ip]:2222 ...)
     state_dir: Path
     root_key: Path = CONFIG.root_key  # root's login key for the nodes (invoke deploy)
     node_wide_dir: Path = CONFIG.node_wide_dir  # a different directory on each node
@@ -316,8 +346,9 @@ def _preflight() -> None:
     _require_root()
     missing = [t for t in _TOOLS if shutil.which(t, path=_SYS_PATH) is None]
     missing += [p for p in (_SSHD, "/usr/bin/python3") if not os.access(p, os.X_OK)]
+    missing += [u.shell for u in CONFIG.users if _shell_path(u) is None]
     if missing:
-        raise ClusterError(f"missing tools: {', '.join(missing)}")
+        raise ClusterError(f"missing tools: {', '.join(missing)} (.ci/setup installs them)")
     _stand_in_files()
     _hub_version()
 
@@ -475,7 +506,7 @@ def _teardown_node(node: NodeSpec) -> None:
         _run(["ip", "netns", "del", node.netns], check=False)
         ns_file.unlink(missing_ok=True)  # a stale file that was no longer a mount
     d = CONFIG.node_dir(node)
-    for name in ("init.json", "sshd.pid"):
+    for name in ("init.json", "sshd.pid", "nosftp_sshd.pid"):
         (d / name).unlink(missing_ok=True)
 
 
@@ -486,9 +517,16 @@ def _host_key_paths(node: NodeSpec) -> tuple[Path, ...]:
     return tuple(CONFIG.node_dir(node) / f"ssh_host_{t}_key" for t in KEY_TYPES)
 
 
-def _sshd_paths(node: NodeSpec) -> tuple[Path, Path, Path]:
+def _sshd_paths(node: NodeSpec, sftp: bool = True) -> tuple[Path, Path, Path]:
+    """Config, log and PID file of the node's main sshd, or (sftp=False) of the one without SFTP."""
     d = CONFIG.node_dir(node)
+    if not sftp:
+        return d / "nosftp_sshd_config", d / "nosftp_sshd.log", d / "nosftp_sshd.pid"
     return d / "sshd_config", d / "sshd.log", d / "sshd.pid"
+
+
+def _port(sftp: bool) -> int:
+    return CONFIG.ssh_port if sftp else CONFIG.nosftp_port
 
 
 def _ssh_keygen(path: Path, key_type: str, comment: str) -> None:
@@ -507,12 +545,14 @@ def _ensure_host_keys(node: NodeSpec) -> None:
         os.chmod(path, 0o600)
 
 
-def _sshd_config_text(node: NodeSpec) -> str:
-    _, _, pid_file = _sshd_paths(node)
+def _sshd_config_text(node: NodeSpec, sftp: bool = True) -> str:
+    """The main sshd's config, or (sftp=False) the same for the second port without a Subsystem."""
+    _, _, pid_file = _sshd_paths(node, sftp)
     keys = "\n".join(f"HostKey {p}" for p in _host_key_paths(node))
+    what = "" if sftp else " (no Subsystem: SFTP sessions fail, commands run)"
     return f"""\
-# Generated by tests/cluster.py for {node.name}; rewritten whenever the node is (re)started.
-ListenAddress {node.ip}:{CONFIG.ssh_port}
+# Generated by tests/cluster.py for {node.name}{what}; rewritten whenever the node is (re)started.
+ListenAddress {node.ip}:{_port(sftp)}
 {keys}
 PidFile {pid_file}
 AuthorizedKeysFile .ssh/authorized_keys
@@ -528,26 +568,26 @@ LogLevel VERBOSE
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
-Subsystem sftp internal-sftp
+{"Subsystem sftp internal-sftp" if sftp else "# no Subsystem line"}
 Match User root
   AuthorizedKeysFile {CONFIG.root_authorized_keys}
 """
 
 
-def _ensure_sshd_config(node: NodeSpec) -> bool:
+def _ensure_sshd_config(node: NodeSpec, sftp: bool = True) -> bool:
     """Write the node's sshd config; True if it changed (a running sshd must be restarted)."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    conf, _, _ = _sshd_paths(node)
-    changed = not _sshd_config_current(node)
-    _write(conf, _sshd_config_text(node), 0o644)
+    conf, _, _ = _sshd_paths(node, sftp)
+    changed = not _sshd_config_current(node, sftp)
+    _write(conf, _sshd_config_text(node, sftp), 0o644)
     _run([_SSHD, "-t", "-f", conf])
     return changed
 
 
-def _sshd_config_current(node: NodeSpec) -> bool:
-    conf, _, _ = _sshd_paths(node)
+def _sshd_config_current(node: NodeSpec, sftp: bool = True) -> bool:
+    conf, _, _ = _sshd_paths(node, sftp)
     with contextlib.suppress(OSError):
-        return conf.read_text() == _sshd_config_text(node)
+        return conf.read_text() == _sshd_config_text(node, sftp)
     return False
 
 
@@ -582,36 +622,43 @@ def _ensure_node_wide_mount(node: NodeSpec, pid: int) -> None:
         _run(["nsenter", "-t", str(pid), "-m", "--", "mount", "--bind", source, CONFIG.node_wide_dir])
 
 
-def _sshd_answers(node: NodeSpec, timeout: float = 2.0) -> bool:
+def _sshd_answers(node: NodeSpec, timeout: float = 2.0, sftp: bool = True) -> bool:
+    """The main sshd (or, sftp=False, the one without SFTP) greets on its port."""
     try:
-        with socket.create_connection((node.ip, CONFIG.ssh_port), timeout=timeout) as sock:
+        with socket.create_connection((node.ip, _port(sftp)), timeout=timeout) as sock:
             sock.settimeout(timeout)
             return sock.recv(64).startswith(b"SSH-")
     except OSError:
         return False
 
 
-def _wait_sshd(node: NodeSpec, init_pid: int) -> None:
+def _wait_sshd(node: NodeSpec, init_pid: int, sftp: bool = True) -> None:
     def ready() -> bool:
         if not _alive(init_pid):
             raise ClusterError(f"{node.name}: init died\n{_tail(CONFIG.node_dir(node) / 'console.log')}")
-        return _sshd_answers(node, timeout=1.0)
+        return _sshd_answers(node, timeout=1.0, sftp=sftp)
 
     if not _wait_for(ready, CONFIG.sshd_timeout, interval=0.1):
-        _, log, _ = _sshd_paths(node)
-        raise ClusterError(f"{node.name}: sshd does not answer on {node.ip}:{CONFIG.ssh_port}\n{_tail(log)}")
+        _, log, _ = _sshd_paths(node, sftp)
+        console = _tail(CONFIG.node_dir(node) / "console.log", 5)
+        raise ClusterError(
+            f"{node.name}: sshd does not answer on {node.ip}:{_port(sftp)}\n{_tail(log)}\n{console}"
+        )
 
 
 # --------------------------------------------------------------------------- node lifecycle
 
 _INIT_SCRIPT = (
-    'hostname "$1" && rm -f "$3" && /usr/sbin/sshd -f "$2" -E "$4"'
-    ' || echo "rss-cluster: sshd failed to start on $1" >&2; exec sleep infinity'
+    'hostname "$1" && rm -f "$3" "$6" && /usr/sbin/sshd -f "$2" -E "$4"'
+    ' || echo "rss-cluster: sshd failed to start on $1" >&2;'
+    ' /usr/sbin/sshd -f "$5" -E "$7" || echo "rss-cluster: the sshd without sftp failed to start on $1" >&2;'
+    " exec sleep infinity"
 )
 
 
 def _init_argv(node: NodeSpec) -> list[str]:
     conf, log, pid_file = _sshd_paths(node)
+    conf2, log2, pid_file2 = _sshd_paths(node, sftp=False)
     return [
         "setsid", "-f",  # double fork: the node is nobody's child, it outlives this process
         "ip", "netns", "exec", node.netns,
@@ -619,6 +666,7 @@ def _init_argv(node: NodeSpec) -> list[str]:
         "--propagation", "private",
         "tini", "-s", "--",
         "/bin/sh", "-c", _INIT_SCRIPT, "rss-node-init", node.name, str(conf), str(pid_file), str(log),
+        str(conf2), str(pid_file2), str(log2),
     ]  # fmt: skip
 
 
@@ -657,6 +705,7 @@ def _start_node(node: NodeSpec) -> int:
     _ensure_host_keys(node)
     _ensure_root_key()
     config_changed = _ensure_sshd_config(node)
+    nosftp_changed = _ensure_sshd_config(node, sftp=False)
     if not _node_net_ok(node):
         _teardown_node(node)
         _create_node_net(node)
@@ -665,11 +714,16 @@ def _start_node(node: NodeSpec) -> int:
         _kill_and_wait(_marked_pids(node))  # a half-started launcher, if any
         _log(f"starting {node.name} ({node.ip})")
         pid = _launch_init(node)
-    elif config_changed or not _sshd_answers(node):
-        _log(f"restarting sshd on {node.name}")
-        _restart_sshd(node, drop_sessions=False)
+    else:
+        if config_changed or not _sshd_answers(node):
+            _log(f"restarting sshd on {node.name}")
+            _restart_sshd(node, drop_sessions=False)
+        if nosftp_changed or not _sshd_answers(node, sftp=False):
+            _log(f"restarting the sshd without sftp on {node.name}")
+            _restart_nosftp_sshd(node)
     _ensure_node_wide_mount(node, pid)
     _wait_sshd(node, pid)
+    _wait_sshd(node, pid, sftp=False)
     return pid
 
 
@@ -695,10 +749,27 @@ def _read_pid_file(path: Path) -> int | None:
         return None
 
 
+def _nosftp_family(node: NodeSpec, processes: list[dict[str, Any]]) -> set[int]:
+    """PIDs (in the node) of the sshd without sftp and of everything it started (its sessions)."""
+    conf, _, _ = _sshd_paths(node, sftp=False)
+    # Its listener's title keeps its command line (sshd: /usr/sbin/sshd -f CONF ... [listener]);
+    # not its PID file: a node restarted by an older cluster.py may have reused that PID.
+    roots = {p["pid"] for p in processes if p["comm"] == "sshd" and str(conf) in p["args"].split()}
+    family, grew = set(roots), True
+    while grew:
+        more = {p["pid"] for p in processes if p["ppid"] in family} - family
+        family |= more
+        grew = bool(more)
+    return family
+
+
 def _stop_sshd(node: NodeSpec, drop_sessions: bool) -> None:
+    """Stop the main sshd (port 22); the one without sftp and its sessions are left alone."""
     _, _, pid_file = _sshd_paths(node)
     listener = _read_pid_file(pid_file)  # a PID inside the node's PID namespace
-    sshds = [p for p in node_processes(node) if p["comm"] == "sshd"]
+    processes = node_processes(node)
+    spared = _nosftp_family(node, processes)
+    sshds = [p for p in processes if p["comm"] == "sshd" and p["pid"] not in spared]
     victims = [p["pid"] for p in sshds if drop_sessions or p["pid"] == listener or "[listener]" in p["args"]]
     if victims:
         sig = "-KILL" if drop_sessions else "-TERM"
@@ -715,11 +786,34 @@ def _restart_sshd(node: NodeSpec, drop_sessions: bool) -> None:
     _wait_sshd(node, _require_init(node))
 
 
+def _restart_nosftp_sshd(node: NodeSpec) -> None:
+    """(Re)start the listener of the sshd without sftp; its open sessions live on."""
+    conf, log, pid_file = _sshd_paths(node, sftp=False)
+    processes = node_processes(node)
+    family = _nosftp_family(node, processes)
+    listeners = [p["pid"] for p in processes if p["pid"] in family and str(conf) in p["args"].split()]
+    if listeners:
+        node_run(node, ["kill", "-TERM", *map(str, listeners)], check=False)
+    if not _wait_for(lambda: not _sshd_answers(node, timeout=0.5, sftp=False), timeout=10):
+        raise ClusterError(f"{node.name}: the sshd without sftp still answers after it was killed")
+    pid_file.unlink(missing_ok=True)
+    node_run(node, [_SSHD, "-f", str(conf), "-E", str(log)])
+    _wait_sshd(node, _require_init(node), sftp=False)
+
+
 # --------------------------------------------------------------------------- users
 
 
+def _configured(spec: UserSpec) -> UserSpec:
+    """The CONFIG.users entry of that name and key type (shell, banners, home), else spec."""
+    for known in CONFIG.users:
+        if (known.name, known.key_type) == (spec.name, spec.key_type):
+            return known
+    return spec
+
+
 def _user_spec(user: UserRef) -> UserSpec:
-    spec = user if isinstance(user, UserSpec) else UserSpec(*user)
+    spec = user if isinstance(user, UserSpec) else _configured(UserSpec(*user))
     if not spec.name.startswith(CONFIG.user_prefix):
         raise ClusterError(f"test user names must start with {CONFIG.user_prefix!r}: {spec.name!r}")
     if spec.key_type not in KEY_TYPES:
@@ -729,7 +823,7 @@ def _user_spec(user: UserRef) -> UserSpec:
 
 def _recorded_users() -> list[UserSpec]:
     try:
-        return [UserSpec(n, t) for n, t in json.loads(CONFIG.users_file.read_text())]
+        return [_configured(UserSpec(n, t)) for n, t in json.loads(CONFIG.users_file.read_text())]
     except (OSError, ValueError):
         return []
 
@@ -741,12 +835,23 @@ def _record_user(spec: UserSpec) -> None:
 
 
 def _known_hosts_text() -> str:
+    """Every node's host keys by name and address, and as [name]:port for the sshd without sftp."""
     lines = []
     for node in CONFIG.nodes:
         for key in _host_key_paths(node):
             key_type, blob = Path(f"{key}.pub").read_text().split()[:2]
             lines.append(f"{node.name},{node.ip} {key_type} {blob}")
+        for key in _host_key_paths(node):
+            key_type, blob = Path(f"{key}.pub").read_text().split()[:2]
+            port = CONFIG.nosftp_port
+            lines.append(f"[{node.name}]:{port},[{node.ip}]:{port} {key_type} {blob}")
     return "\n".join(lines) + "\n"
+
+
+def _known_hosts_current() -> bool:
+    with contextlib.suppress(OSError):
+        return CONFIG.known_hosts.read_text() == _known_hosts_text()
+    return False
 
 
 def _getpwnam(name: str) -> pwd.struct_passwd | None:
@@ -756,18 +861,106 @@ def _getpwnam(name: str) -> pwd.struct_passwd | None:
         return None
 
 
+def _shell_path(spec: UserSpec) -> str | None:
+    """The login shell's path: /bin/bash for bash (as useradd gives), else found on the PATH."""
+    if spec.shell == "bash":
+        return "/bin/bash"
+    if spec.shell.startswith("/"):
+        return spec.shell if os.access(spec.shell, os.X_OK) else None
+    return shutil.which(spec.shell, path=_SYS_PATH)
+
+
+def _require_shell(spec: UserSpec) -> str:
+    shell = _shell_path(spec)
+    if shell is None:
+        raise ClusterError(f"{spec.name}: no login shell {spec.shell!r} here (apt-get install {spec.shell})")
+    return shell
+
+
 def _ensure_account(spec: UserSpec) -> pwd.struct_passwd:
+    shell = _require_shell(spec)
     if _getpwnam(spec.name) is None:
         _log(f"creating user {spec.name}")
         home = CONFIG.home_root / spec.name
-        _run(["useradd", "-m", "-d", home, "-s", "/bin/bash", "-U", spec.name])  # -U: own group
+        _run(["useradd", "-m", "-d", home, "-s", shell, "-U", spec.name])  # -U: own group
+    if pwd.getpwnam(spec.name).pw_shell != shell:
+        _run(["usermod", "-s", shell, spec.name])
     _run(["usermod", "-p", "*", spec.name])  # '!' (locked) makes sshd refuse even key logins
     pw = pwd.getpwnam(spec.name)
     home = Path(pw.pw_dir)
     home.mkdir(mode=0o755, exist_ok=True)
+    if spec.read_only_home:
+        return pw  # _ensure_user hands the home to root once ~/.ssh is in place
     os.chown(home, pw.pw_uid, pw.pw_gid)
     os.chmod(home, home.stat().st_mode & ~0o022)  # StrictModes: not group/world-writable
     return pw
+
+
+# The banner users' start-up files: file name -> text, by login shell. Each prints both banners
+# first thing, for every shell sshd starts (bash reads ~/.bashrc also for `ssh node command`).
+_BANNER_HEADER = (
+    "# Generated by tests/cluster.py: a site whose start-up files talk, as module systems and\n"
+    "# welcome messages do, on stdout and on stderr, for every shell (also `ssh node command`).\n"
+)
+_BANNER_FILES: dict[str, dict[str, str]] = {
+    "bash": {
+        ".bashrc": f"""{_BANNER_HEADER}echo "{BANNER_STDOUT}"
+echo "{BANNER_STDERR}" >&2
+# Only then the usual "am I interactive?" check.
+case $- in *i*) ;; *) return ;; esac
+""",
+        ".bash_profile": f"""{_BANNER_HEADER}[ -f ~/.bashrc ] && . ~/.bashrc
+""",
+    },
+    "tcsh": {
+        name: f"""{_BANNER_HEADER}echo "{BANNER_STDOUT}"
+/bin/sh -c 'echo "{BANNER_STDERR}" >&2'
+"""
+        for name in (".tcshrc", ".cshrc")
+    },
+    "zsh": {
+        ".zshenv": f"""{_BANNER_HEADER}echo "{BANNER_STDOUT}"
+echo "{BANNER_STDERR}" >&2
+""",
+    },
+}
+
+
+def _banner_files(spec: UserSpec) -> dict[str, str]:
+    if not spec.banners:
+        return {}
+    name = Path(spec.shell).name
+    if name not in _BANNER_FILES:
+        raise ClusterError(f"{spec.name}: no banner start-up files known for the shell {spec.shell!r}")
+    return _BANNER_FILES[name]
+
+
+def _make_home_read_only(pw: pwd.struct_passwd) -> None:
+    """Only ~/.ssh stays the user's: everything else goes, the home becomes root's, 0755."""
+    home = Path(pw.pw_dir)
+    for entry in home.iterdir():
+        if entry.name == ".ssh":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    os.chown(home, 0, 0)
+    os.chmod(home, 0o755)
+
+
+def _home_read_only(pw: pwd.struct_passwd) -> bool:
+    home = Path(pw.pw_dir)
+    try:
+        st, ssh = home.stat(), (home / ".ssh").stat()
+        entries = os.listdir(home)
+    except OSError:
+        return False
+    return (
+        (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
+        and entries == [".ssh"]
+        and (ssh.st_uid, ssh.st_mode & 0o777) == (pw.pw_uid, 0o700)
+    )
 
 
 def _ensure_user(spec: UserSpec, known_hosts: str) -> User:
@@ -784,21 +977,39 @@ def _ensure_user(spec: UserSpec, known_hosts: str) -> User:
         os.chown(path, pw.pw_uid, pw.pw_gid)
     _write(ssh_dir / "authorized_keys", Path(f"{key}.pub").read_text(), 0o600, pw)
     _write(ssh_dir / "known_hosts", known_hosts, 0o644, pw)
+    for name, text in _banner_files(spec).items():
+        _write(Path(pw.pw_dir) / name, text, 0o644, pw)
+    if spec.read_only_home:
+        _make_home_read_only(pw)
     _record_user(spec)
     return _user_view(spec, pw)
 
 
 def _user_view(spec: UserSpec, pw: pwd.struct_passwd) -> User:
     key = Path(pw.pw_dir) / ".ssh" / f"id_{spec.key_type}"
-    return User(spec.name, spec.key_type, key, Path(f"{key}.pub"), Path(pw.pw_dir), pw.pw_uid, pw.pw_gid)
+    return User(spec.name, spec.key_type, key, Path(f"{key}.pub"), Path(pw.pw_dir), pw.pw_uid, pw.pw_gid,
+                pw.pw_shell)  # fmt: skip
 
 
 def _user_ok(spec: UserSpec) -> bool:
     pw = _getpwnam(spec.name)
     if pw is None:
         return False
-    ssh_dir = Path(pw.pw_dir) / ".ssh"
-    return all((ssh_dir / n).is_file() for n in (f"id_{spec.key_type}", "authorized_keys", "known_hosts"))
+    home = Path(pw.pw_dir)
+    ssh_dir = home / ".ssh"
+    if not all((ssh_dir / n).is_file() for n in (f"id_{spec.key_type}", "authorized_keys", "known_hosts")):
+        return False
+    with contextlib.suppress(OSError):
+        if (ssh_dir / "known_hosts").read_text() != CONFIG.known_hosts.read_text():
+            return False  # e.g. without the entries for the sshd without sftp
+    if pw.pw_shell != _shell_path(spec):
+        return False
+    for name, text in _banner_files(spec).items():
+        with contextlib.suppress(OSError):
+            if (home / name).read_text() == text:
+                continue
+        return False
+    return _home_read_only(pw) if spec.read_only_home else True
 
 
 def _remove_user(name: str) -> None:
@@ -807,6 +1018,9 @@ def _remove_user(name: str) -> None:
         return
     _log(f"removing user {name}")
     _kill_and_wait(_uid_pids(pw.pw_uid))
+    home = Path(pw.pw_dir)
+    if home.parent == CONFIG.home_root and home.name == name and home.is_dir():
+        os.chown(home, pw.pw_uid, pw.pw_gid)  # a read-only home: userdel removes the user's own only
     proc = _run(["userdel", "--remove", name], check=False)
     if proc.returncode not in (0, 12):  # 12: home/mail spool not removed (e.g. none existed)
         raise ClusterError(f"userdel {name} failed: {proc.stderr.strip()}")
@@ -946,9 +1160,10 @@ def _singularity_ok() -> bool:
 
 def _node_view(node: NodeSpec) -> Node:
     conf, log, pid_file = _sshd_paths(node)
+    conf2, log2, pid_file2 = _sshd_paths(node, sftp=False)
     console = CONFIG.node_dir(node) / "console.log"
     return Node(node.name, node.ip, node.netns, _running_init(node), conf, log, pid_file, console,
-                _host_key_paths(node))  # fmt: skip
+                _host_key_paths(node), CONFIG.nosftp_port, conf2, log2, pid_file2)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -1011,14 +1226,20 @@ def problems(users: Iterable[UserRef] | None = None) -> list[str]:
             found.append(f"{node.name}: sshd does not answer on {node.ip}:{CONFIG.ssh_port}")
         elif not _sshd_config_current(node):
             found.append(f"{node.name}: sshd runs with an outdated config")
+        elif not _sshd_answers(node, sftp=False):
+            found.append(
+                f"{node.name}: the sshd without sftp does not answer on {node.ip}:{CONFIG.nosftp_port}"
+            )
+        elif not _sshd_config_current(node, sftp=False):
+            found.append(f"{node.name}: the sshd without sftp runs with an outdated config")
         elif not _node_wide_mounted(pid):
             found.append(f"{node.name}: no node-wide directory of its own at {CONFIG.node_wide_dir}")
     if not _root_key_ok():
         found.append(f"{CONFIG.root_key}: root's login key for the nodes missing")
     wanted = [_user_spec(u) for u in users] if users is not None else list(CONFIG.users)
-    found += [f"user {u.name}: missing or without keys" for u in wanted if not _user_ok(u)]
-    if not CONFIG.known_hosts.is_file():
-        found.append(f"{CONFIG.known_hosts} missing")
+    found += [f"user {u.name}: missing, without keys or not as configured" for u in wanted if not _user_ok(u)]
+    if not _known_hosts_current():
+        found.append(f"{CONFIG.known_hosts} missing or outdated")
     with contextlib.suppress(ClusterError):  # no jupyterhub here: cannot judge the venv
         if not _venv_ok():
             found.append(f"{CONFIG.venv}: single-user environment missing or outdated")
@@ -1240,7 +1461,8 @@ def node_processes(node: NodeRef) -> list[dict[str, Any]]:
 def _summary(c: Cluster) -> str:
     lines = [f"hub address      {c.hub_ip} (bridge {CONFIG.bridge})"]
     lines += [f"node {n.name:<11} {n.ip:<14} init pid {n.init_pid}  log {n.sshd_log}" for n in c.nodes]
-    lines += [f"user {u.name:<11} {u.key_type:<8} {u.private_key}" for u in c.users]
+    lines += [f"  {n.name} no sftp on port {n.nosftp_port}  log {n.nosftp_sshd_log}" for n in c.nodes]
+    lines += [f"user {u.name:<11} {u.key_type:<8} {u.private_key}  {u.shell}" for u in c.users]
     lines += [
         f"singularity      {c.singularity} (+ {c.apptainer.name})",
         f"image            {c.image}",

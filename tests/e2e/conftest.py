@@ -96,6 +96,13 @@ def pytest_runtest_makereport(item, call):
             except (OSError, AttributeError):
                 continue
             report.sections.append((f"sshd log of {node.name}", "\n".join(text)))
+        for node in cluster_mod.describe().nodes:  # the sshd without sftp, when it was used
+            try:
+                text = node.nosftp_sshd_log.read_text(errors="replace").splitlines()[-30:]
+            except (OSError, AttributeError):
+                continue
+            if any("Accepted publickey" in line for line in text):
+                report.sections.append((f"sshd log of {node.name} without sftp", "\n".join(text)))
     return report
 
 

@@ -1,7 +1,8 @@
 """End to end in a real browser: what a notebook user does, click by click.
 
 Headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no
-browser is downloaded) logs in, picks a node and a bind in the form, starts,
+browser is downloaded) logs in, is refused a bad bind with the reason alone,
+picks a node and a bind in the form, starts,
 watches the spawn page's steps, reaches JupyterLab through the proxy and
 stops the server from the home page. On failure it saves a screenshot and
 names it in the failure.
@@ -42,6 +43,17 @@ def start_and_stop(hub, page, user, node):
     page.goto(f"{hub.url}/hub/spawn/{user}")
     choice = page.locator(f'#rss-host option[value="{node}"]').inner_text()
     assert "GiB free" in choice and "server" in choice, f"no node status in the form: {choice!r}"
+
+    # A bind the spawner refuses: the form comes back with the reason, as a sentence.
+    page.select_option("#rss-host", node)
+    page.fill("#rss-binds", "data/project")
+    page.click("form button[type=submit]")
+    error = page.locator(".spawn-error-msg").inner_text()
+    assert error == (
+        "Error: Cannot start your server: bind 'data/project': the source 'data/project' "
+        "is not an absolute path"
+    ), error
+
     page.select_option("#rss-host", node)
     page.fill("#rss-binds", "/var/tmp:/mnt:ro")
     page.click("form button[type=submit]")

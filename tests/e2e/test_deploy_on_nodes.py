@@ -17,7 +17,7 @@ from remotesingularityspawner import remote
 ROOT = Path(__file__).resolve().parents[2]
 NODE1, NODE2 = "rss-node1", "rss-node2"
 DOWN = "rss-node9:10.213.47.19"  # in the cluster's range, no node there
-VERSION = remote.ScriptBundle.load(Path(remote.__file__).with_name("scripts")).version
+VERSION = remote.ScriptBundle.load(remote.packaged_scripts_dir()).version
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ NODE = "rss-node1"
 def fresh_bundle(tmp_path):
     """A version of the scripts no node has seen yet."""
     copy = tmp_path / "scripts"
-    shutil.copytree(Path(remote.__file__).with_name("scripts"), copy)
+    shutil.copytree(remote.packaged_scripts_dir(), copy)
     with open(copy / "check_pid.sh", "a") as f:
         f.write(f"# {tmp_path.name}\n")
     return remote.ScriptBundle.load(copy)
@@ -78,7 +77,7 @@ def test_stdin_crosses_the_channel_byte_for_byte(cluster, tmp_path):
     """The environment payload arrives whole (no truncation, no echo, NULs and UTF-8 intact)."""
     user = "rss-alice"
     copy = tmp_path / "dump-scripts"
-    shutil.copytree(Path(remote.__file__).with_name("scripts"), copy)
+    shutil.copytree(remote.packaged_scripts_dir(), copy)
     # A check_pid.sh that stores its stdin: the transport is what is under test.
     (copy / "check_pid.sh").write_text('#!/usr/bin/env bash\ncat > "$1"\nprintf \'{"got": true}\\n\'\n')
     bundle = remote.ScriptBundle.load(copy)

@@ -10,7 +10,6 @@ import html
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import cluster as cluster_mod
 import pytest
@@ -120,7 +119,7 @@ def test_an_edited_copy_of_the_scripts_is_uploaded_as_a_new_version(cluster, alt
     from remotesingularityspawner import remote
 
     copy = tmp_path / "site-scripts"
-    shutil.copytree(Path(remote.__file__).with_name("scripts"), copy)
+    shutil.copytree(remote.packaged_scripts_dir(), copy)
     with open(copy / "start_singleuser.sh", "a") as f:
         f.write("# edited by the site's sysadmin\n")
     version = remote.ScriptBundle.load(copy).version
