@@ -57,6 +57,8 @@ class NodeAccess:
 
     def _explain(self, error: Exception) -> str:
         """A sentence for the user from any failure on the way to the node."""
+        if isinstance(error, remote.CertificateSettingError):
+            return f"the Hub is misconfigured: c.RemoteSingularitySpawner.{error.setting}: {error}"
         if isinstance(error, remote.RemoteError):
             return str(error)
         self.log.error("Unexpected error for %s", self._log_name, exc_info=error)
@@ -79,6 +81,17 @@ class NodeAccess:
     def _target(self, address: str, login: str, connect_timeout: float | None = None) -> remote.Target:
         home = os.path.join(self.home_path, login)
         fmt = {"home": home, "login": login, "username": self.user.name}
+        certificate, key_files, known_hosts = None, self.ssh_key_files, self.known_hosts_files
+        if self.ssh_auth == "certificate":
+            # No home is read: the Hub may not be able to, and holds no user's secret.
+            key_files, known_hosts = [], [p for p in known_hosts if "{home}" not in p]
+            certificate = remote.CertificateRequest(
+                ca_path=self.ssh_ca_key_file,
+                principal=login,
+                key_id=remote.key_id(self.user.name, self.name, login),
+                validity=self.ssh_certificate_validity,
+                source_addresses=tuple(self.ssh_certificate_source_addresses),
+            )
         if self.disable_host_key_checking:
             self.log.warning(
                 "RemoteSingularitySpawner: host key checking is disabled "
@@ -89,11 +102,12 @@ class NodeAccess:
         return remote.Target(
             host=address,
             username=login,
-            key_files=tuple(p.format(**fmt) for p in self.ssh_key_files),
-            known_hosts_files=tuple(p.format(**fmt) for p in self.known_hosts_files),
+            key_files=tuple(p.format(**fmt) for p in key_files),
+            known_hosts_files=tuple(p.format(**fmt) for p in known_hosts),
             port=self.ssh_port,
             connect_timeout=self.ssh_connect_timeout if connect_timeout is None else connect_timeout,
             verify_host_key=not self.disable_host_key_checking,
+            certificate=certificate,
         )
 
     def _server_dir(self) -> str:

@@ -24,7 +24,7 @@ import asyncio
 import time
 
 from jupyterhub.spawner import Spawner
-from traitlets import Bool, Callable, Float, Integer, List, Tuple, Unicode, Union, default, validate
+from traitlets import Bool, Callable, Enum, Float, Integer, List, Tuple, Unicode, Union, default, validate
 
 from . import calls, remote
 from . import progress as progress_mod
@@ -117,19 +117,55 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
         or a callable taking the spawner and returning the name.""",
     ).tag(config=True)
 
+    ssh_auth = Enum(
+        ["user-key", "certificate"],
+        default_value="user-key",
+        help="""How the Hub logs in to the nodes as the user. "user-key": with the user's own
+        private key, read from their home (ssh_key_files; the Hub must be able to read it,
+        so it runs as root). "certificate" (recommended): with a key made for each connection
+        and a certificate signed by the Hub's CA (ssh_ca_key_file), valid for
+        ssh_certificate_validity seconds; the Hub reads no home and holds no user's secret,
+        and can run as an ordinary account. The nodes' sshd must trust the CA
+        (`remote-singularity-spawner deploy`).""",
+    ).tag(config=True)
+
+    ssh_ca_key_file = Unicode(
+        "",
+        help="""certificate mode: the CA's private key (OpenSSH format; ed25519, ecdsa or rsa;
+        no passphrase), readable by the Hub's account alone (mode 0600). Read again when
+        the file changes. Its public key goes to the nodes' TrustedUserCAKeys.""",
+    ).tag(config=True)
+
+    ssh_certificate_validity = Integer(
+        300,
+        help="""certificate mode: seconds each login's certificate is valid (30 to 86400); it
+        is also valid from a minute before it is made, for clock skew. sshd checks it at
+        login only: a kept connection outlives it.""",
+    ).tag(config=True)
+
+    ssh_certificate_source_addresses = List(
+        Unicode(),
+        help="""certificate mode: the addresses (CIDR) the certificates may be used from, e.g.
+        ['10.0.0.1/32'] for the Hub's address on the cluster network: the `source-address`
+        critical option. Empty: any address.""",
+    ).tag(config=True)
+
     ssh_key_files = List(
         Unicode(),
         default_value=["{home}/.ssh/id_ed25519", "{home}/.ssh/id_ecdsa", "{home}/.ssh/id_rsa"],
-        help="""Candidate private keys of the user, first existing one is used. Templates with
-        {home} ({home_path}/{login name}), {login} and {username}. The key must have no
-        passphrase; any type paramiko loads (ed25519, ecdsa, rsa) works.""",
+        help="""user-key mode: candidate private keys of the user, first existing one is used.
+        Templates with {home} ({home_path}/{login name}), {login} and {username}. The key must
+        have no passphrase; any type paramiko loads (ed25519, ecdsa, rsa) works.""",
     ).tag(config=True)
 
     known_hosts_files = List(
         Unicode(),
         default_value=["/etc/ssh/ssh_known_hosts", "{home}/.ssh/known_hosts"],
         help="""known_hosts files the nodes' host keys are checked against (same templates as
-        ssh_key_files). A node whose key is unknown or has changed is refused.""",
+        ssh_key_files), in OpenSSH's format: comments, hashed names, [host]:port, wildcards.
+        A node whose key is unknown, has changed or is marked @revoked is refused;
+        @cert-authority lines are skipped with a warning (list the nodes' host keys too). In
+        certificate mode no home is read: entries with {home} are skipped.""",
     ).tag(config=True)
 
     disable_host_key_checking = Bool(
@@ -431,6 +467,9 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
         call = calls.check_call(self.pid, self.start_time, self.ssh_command_timeout)
         try:
             reply = await self._on_node(target, remote.NodeSession.call, call)
+        except remote.CertificateSettingError:
+            # Logged once, where the settings are read; not again at every poll.
+            return await self._unreachable("the Hub's certificate settings are unusable (see its log)")
         except Exception as e:  # noqa: BLE001 - any failure to ask the node
             return await self._unreachable(self._explain(e))
         if reply.exit_code == remote.ExitCode.OK:

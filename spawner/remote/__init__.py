@@ -3,11 +3,21 @@
 - :mod:`.protocol`: the wire format with the scripts (argv, stdin records, replies);
 - :mod:`.bundle`: the scripts of one version and its hash;
 - :mod:`.ssh`: log in with the host key verified, run one command;
+- :mod:`.certificates`: the Hub's CA, a fresh key and certificate per login;
+- :mod:`.known_hosts`: known_hosts files as sites have them (hashed names, markers);
 - :mod:`.pool`: connections kept per user and node;
 - :mod:`.session`: find or send the scripts, run one, retry on a broken connection.
 """
 
 from .bundle import DEFAULT_NODE_SCRIPTS_DIR, SCRIPT_FILES, ScriptBundle, packaged_scripts_dir
+from .certificates import (
+    CAError,
+    CertificateAuthority,
+    CertificateRequest,
+    CertificateSettingError,
+    ValidityError,
+    key_id,
+)
 from .pool import ConnectionPool
 from .protocol import (
     ExitCode,
@@ -36,10 +46,11 @@ from .ssh import (
 )
 
 __all__ = [
-    "DEFAULT_NODE_SCRIPTS_DIR", "IDEMPOTENT_SCRIPTS", "RECHECK_SCRIPT", "SCRIPT_FILES",
-    "ConnectError", "ConnectionPool", "ExitCode", "HostKeyError", "IdentityError", "LineRelay",
-    "NodeSession", "ProgressCallback", "RemoteError", "Reply", "ScriptBundle", "ScriptCall", "Target",
-    "command_line", "connect", "env_payload", "files_payload", "find_private_key",
-    "load_private_key", "packaged_scripts_dir", "parse_progress", "parse_reply", "probe_port",
-    "run_command",
+    "DEFAULT_NODE_SCRIPTS_DIR", "IDEMPOTENT_SCRIPTS", "RECHECK_SCRIPT", "SCRIPT_FILES", "CAError",
+    "CertificateAuthority", "CertificateRequest", "CertificateSettingError", "ConnectError",
+    "ConnectionPool", "ExitCode", "HostKeyError", "IdentityError", "LineRelay", "NodeSession",
+    "ProgressCallback", "RemoteError", "Reply", "ScriptBundle", "ScriptCall", "Target",
+    "ValidityError", "command_line", "connect", "env_payload", "files_payload", "find_private_key",
+    "key_id", "load_private_key", "packaged_scripts_dir", "parse_progress", "parse_reply",
+    "probe_port", "run_command",
 ]  # fmt: skip

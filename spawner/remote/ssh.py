@@ -11,11 +11,16 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import fabric
 import paramiko
 
+from .known_hosts import KnownHosts, Status, host_name
 from .protocol import Reply, parse_reply
+
+if TYPE_CHECKING:
+    from .certificates import CertificateRequest
 
 # Callers pass their own logger (the spawner passes the Hub's); this one is
 # the fallback for use outside JupyterHub.
@@ -49,6 +54,8 @@ class Target:
     port: int = 22
     connect_timeout: float = 10.0
     verify_host_key: bool = True
+    # Log in with a fresh certificate from the Hub's CA instead of key_files.
+    certificate: CertificateRequest | None = None
 
     def __str__(self) -> str:
         return f"{self.username}@{self.host}:{self.port}"
@@ -83,13 +90,56 @@ def find_private_key(paths: Sequence[str]) -> tuple[str, paramiko.PKey]:
 
 
 class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    """Accept the host key if the known_hosts files list it for the host, else refuse saying why.
+
+    paramiko asks this for every host key (its own HostKeys stay empty), with
+    the host named as in known_hosts: ``[host]:port`` for a port other than 22.
+    """
+
+    def __init__(self, known: KnownHosts | None = None, host: str | None = None) -> None:
+        self.known = known if known is not None else KnownHosts()
+        self.host = host  # as the spawner names it (the address), for the CHANGED message
+
     def missing_host_key(self, client, hostname, key):
+        verdict = self.known.check(hostname, key)
+        offered = f"{key.get_name()} {key.fingerprint}"
+        if verdict.status is Status.KNOWN:
+            return
+        if verdict.status is Status.REVOKED:
+            raise HostKeyError(
+                f"the host key of {hostname} ({offered}) is marked @revoked in {verdict.entry.path}: "
+                f"refusing to connect (line {verdict.entry.lineno}). A revoked key may be in other "
+                "hands: the node needs a new host key, listed in known_hosts."
+            )
+        if verdict.status is Status.CHANGED:
+            raise HostKeyError(
+                f"the host key of {self.host or hostname} has CHANGED (offered {offered}, known "
+                f"{verdict.entry.key.fingerprint}): refusing to connect. This can mean an attack; "
+                "if the node was reinstalled, replace its entry in known_hosts."
+            )
+        unused = "".join(
+            f" The @cert-authority lines of {path} are not used: host certificates cannot be verified."
+            for path in self.known.cert_authority_files
+        )
         raise HostKeyError(
-            f"the host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
+            f"the host key of {hostname} ({offered}) is not in "
             f"known_hosts: refusing to connect. If it is the node's real key, add it to "
             "/etc/ssh/ssh_known_hosts (e.g. `ssh-keyscan` on a trusted path, then compare "
-            "the fingerprint); `invoke check` then shows every node it can reach."
+            "the fingerprint); `invoke check` then shows every node it can reach." + unused
         )
+
+
+def _preferring_known_keys(known: KnownHosts, name: str):
+    """A Transport factory asking the node for a key of a type listed for it first, as ssh
+    does (paramiko does so only for the keys in its own HostKeys)."""
+
+    def make(sock, **kwargs) -> paramiko.Transport:
+        transport = paramiko.Transport(sock, **kwargs)
+        options = transport.get_security_options()
+        options.key_types = known.preferred_algorithms(name, options.key_types)
+        return transport
+
+    return make
 
 
 class _AcceptUnknownHost(paramiko.MissingHostKeyPolicy):
@@ -115,7 +165,21 @@ def _fabric_config() -> fabric.Config:
 
 def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
     """Open an SSH connection as the user, with the host key verified."""
-    key_path, pkey = find_private_key(target.key_files)
+    if target.certificate is not None:
+        pkey = target.certificate.login_key(log)
+        refused = (
+            f"with a certificate of the Hub's CA ({target.certificate.ca_path}) refused: "
+            f"the node's sshd must trust that CA (TrustedUserCAKeys; `remote-singularity-spawner "
+            f"deploy` installs it), accept {target.username!r} as the certificate's principal, and "
+            "see the certificate as valid now (are the Hub's and the node's clocks right?)"
+        )
+    else:
+        key_path, pkey = find_private_key(target.key_files)
+        refused = (
+            f"with the key {key_path} refused: add {key_path}.pub to "
+            f"~{target.username}/.ssh/authorized_keys on the node, and make sure ~/.ssh and that "
+            "file are writable by the user alone (sshd ignores them otherwise)"
+        )
     conn = fabric.Connection(
         host=target.host,
         user=target.username,
@@ -132,32 +196,19 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
     )
     client = conn.client
     if target.verify_host_key:
-        client.set_missing_host_key_policy(_RejectUnknownHost())
-        for path in target.known_hosts_files:
-            if os.path.isfile(path):
-                try:
-                    client.get_host_keys().load(path)
-                except (OSError, paramiko.SSHException) as e:
-                    log.warning("cannot read known_hosts file %s: %s", path, e)
+        # Nothing goes into paramiko's own HostKeys: the policy checks every key offered.
+        known = KnownHosts.load(target.known_hosts_files, log)
+        client.set_missing_host_key_policy(_RejectUnknownHost(known, target.host))
+        conn.connect_kwargs["transport_factory"] = _preferring_known_keys(
+            known, host_name(target.host, target.port)
+        )
     else:
         client.set_missing_host_key_policy(_AcceptUnknownHost(log))
     try:
         conn.open()
-    except paramiko.BadHostKeyException as e:
-        conn.close()
-        raise HostKeyError(
-            f"the host key of {target.host} has CHANGED (offered {e.key.get_name()} "
-            f"{e.key.fingerprint}, known {e.expected_key.fingerprint}): refusing to connect. "
-            "This can mean an attack; if the node was reinstalled, replace its entry in "
-            "known_hosts."
-        ) from None
     except paramiko.AuthenticationException as e:
         conn.close()
-        raise IdentityError(
-            f"login as {target} with the key {key_path} refused ({e}): add {key_path}.pub to "
-            f"~{target.username}/.ssh/authorized_keys on the node, and make sure ~/.ssh and that "
-            "file are writable by the user alone (sshd ignores them otherwise)"
-        ) from None
+        raise IdentityError(f"login as {target} {refused} ({e})") from None
     except (HostKeyError, IdentityError):
         conn.close()
         raise

@@ -153,6 +153,7 @@ class FakeSSH:
     connections: list[FakeConnection] = field(default_factory=list)
     refuse: dict[str, BaseException] = field(default_factory=dict)
     delay: float = 0.0  # seconds each login takes (lets threads race)
+    certificates: list = field(default_factory=list)  # the keys certificate logins used
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def node(self, host: str) -> FakeNode:
@@ -162,6 +163,11 @@ class FakeSSH:
     def __call__(self, target: remote.Target, log) -> FakeConnection:
         if self.delay:
             time.sleep(self.delay)
+        if target.certificate is not None:
+            # As remote.ssh.connect: the login's key and certificate are made first.
+            key = target.certificate.login_key(log)
+            with self.lock:
+                self.certificates.append(key)
         if target.host in self.refuse:
             raise self.refuse[target.host]
         conn = FakeConnection(self, target)
