@@ -2,18 +2,18 @@
 
 For each node, over SSH with its host key verified (unknown or changed keys
 are refused, as in the spawner): can we log in, is the runtime there and
-which version, is the image there and readable, and is this version of the
+which version, is the image there and readable, is this version of the
 scripts installed in the node-wide directory the spawner prefers over a
-per-user upload (``node_scripts_dir/<version>``, root-owned). ``deploy``
-installs what is missing; both print one table. Everything here blocks;
-nodes are inspected in parallel threads.
+per-user upload (``node_scripts_dir/<version>``, root-owned), and, given the
+Hub's SSH CA, does sshd trust it. ``deploy`` installs what is missing; both
+print one table. Everything here blocks; nodes are inspected in parallel threads.
 
 What runs on the node are the scripts being installed (``scripts_dir``, or
-the packaged ones): ``check_node.sh`` to inspect and ``put_files.sh`` to
-install, both fed on stdin, so the check needs nothing on the node. The
-values from the config travel as argv built with :func:`shlex.join`, never
-spliced into a shell string. Depends on the SSH layer (remote/), not on the
-spawner.
+the packaged ones): ``check_node.sh`` to inspect, ``put_files.sh`` to
+install and ``trust_ca.sh`` for the CA, fed on stdin, so the check needs
+nothing on the node. The values from the config travel as argv built with
+:func:`shlex.join`, never spliced into a shell string. Depends on the SSH
+layer (remote/), not on the spawner.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MIN_VERSIONS = {"apptainer": (1, 0), "singularity": (3, 7)}
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/+@=%~-]*")
+DEFAULT_SSHD_CONFIG = "/etc/ssh/sshd_config"
 
 
 # The spawner's default singularity_exe_path.
@@ -61,6 +62,9 @@ class Settings:
     scripts_dir: str
     known_hosts: tuple[str, ...]
     port: int = 22
+    ca_key: str = ""  # the CA's public key line; "" when no CA was given
+    ca_source: str = ""  # where it came from, for the admin's eyes
+    sshd_config: str = DEFAULT_SSHD_CONFIG
 
 
 def parse_hosts(text: str) -> tuple[list[Node], list[str]]:
@@ -88,8 +92,12 @@ def make_settings(
     image: str = "",
     node_scripts_dir: str = "",
     known_hosts: Sequence[str] = (),
+    ca: tuple[str, str] = ("", ""),
+    sshd_config: str = "",
 ) -> tuple[Settings, list[str]]:
     """Merge the Hub config (if any) with the command line, which wins; validate.
+
+    *ca*: the CA's public key line and where it came from (admin.ca_public_key).
 
     Returns the settings and warnings (dropped node records). Raises
     DeployError naming the bad value.
@@ -110,6 +118,9 @@ def make_settings(
         raise DeployError(
             f"node_scripts_dir {node_dir!r} must be an absolute path of letters, digits and / . _ - + @ = % ~"
         )
+    sshd_config = sshd_config or DEFAULT_SSHD_CONFIG
+    if not _SAFE_PATH_RE.fullmatch(sshd_config) or "/../" in f"{sshd_config}/":
+        raise DeployError(f"--sshd-config {sshd_config!r} must be an absolute path of plain characters")
     # Templates ({home}, {login}) name the users' files: not the admin's business here.
     config_known = [p for p in config.get("known_hosts_files", []) if "{" not in p]
     default_known = ["/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")]
@@ -121,6 +132,9 @@ def make_settings(
         scripts_dir=config.get("scripts_dir", "") or str(remote.packaged_scripts_dir()),
         known_hosts=tuple(dict.fromkeys([*known_hosts, *config_known, *default_known])),
         port=int(config.get("ssh_port", 22)),
+        ca_key=ca[0],
+        ca_source=ca[1],
+        sshd_config=sshd_config,
     )
     return settings, warnings
 
@@ -134,6 +148,7 @@ class NodeReport:
     runtime: str = "-"
     image: str = "-"
     scripts: str = "-"
+    ca: str = "-"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -235,6 +250,34 @@ def install(conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBu
     log.info("installed scripts version %s into %s:%s (was %s)", bundle.version, conn.host, where, state)
 
 
+# trust_ca.sh's answer -> the CA column; "no" and "not reloaded" make the node unfit.
+_CA_SHOWN = {"yes": "yes", "trusted": "TRUSTED", "would trust": "would trust", "no": "NO",
+             "not reloaded": "NOT RELOADED"}  # fmt: skip
+
+
+def trust_ca(conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBundle, action: str) -> dict:
+    """Run the bundle's trust_ca.sh *action* (check, install, dry-run) on the node; its JSON reply."""
+    args = ["check"] if action == "check" else ["install", *(["--dry-run"] if action == "dry-run" else [])]
+    args += ["--key", settings.ca_key, "--sshd-config", settings.sshd_config]
+    reply = remote.run_command(conn, remote.command_line(None, args), bundle.fed_on_stdin("trust_ca.sh"))
+    # CANNOT_WRITE: a change failed and what was there is back; the reply says why.
+    if reply.exit_code not in (0, remote.ExitCode.CANNOT_WRITE) or reply.data.get("ca") not in _CA_SHOWN:
+        raise remote.RemoteError(f"trust_ca.sh failed (exit code {reply.exit_code}): {reply.stderr}")
+    return reply.data
+
+
+def judge_ca(report: NodeReport, reply: dict, action: str) -> None:
+    """Fill the CA column of *report* from trust_ca.sh's reply (see _CA_SHOWN)."""
+    state, why = reply["ca"], reply.get("why", "")
+    report.ca = _CA_SHOWN[state]
+    if state in ("no", "not reloaded"):
+        fixed_by_deploy = action == "check" and "fails" not in why  # not a broken sshd config
+        hint = ": run invoke deploy or remote-singularity-spawner deploy" if fixed_by_deploy else ""
+        report.problems.append(f"sshd does not trust the CA: {why}{hint}")
+    elif why:
+        report.notes.append(f"CA: {why}")
+
+
 Connector = Callable[[Node], fabric.Connection]
 
 
@@ -247,7 +290,7 @@ def inspect_node(
     change: bool = False,
     dry_run: bool = False,
 ) -> NodeReport:
-    """Check one node and, with *change*, install the scripts there. Never raises."""
+    """Check one node and, with *change*, install the scripts (and trust the CA) there. Never raises."""
     report = NodeReport(node)
     try:
         conn = connect(node)
@@ -287,6 +330,9 @@ def inspect_node(
                     f"installed, but the spawner will not use it: {probe.get('scripts_problem')} "
                     "(deploy as root: --user root)"
                 )
+        if settings.ca_key:
+            action = "dry-run" if change and dry_run else "install" if change else "check"
+            judge_ca(report, trust_ca(conn, settings, bundle, action), action)
     except (OSError, EOFError, paramiko.SSHException, remote.RemoteError) as e:
         report.problems.append(f"on the node: {e or type(e).__name__}")
     finally:
@@ -330,11 +376,11 @@ def run(
 def format_table(reports: Iterable[NodeReport]) -> str:
     """The reports as an aligned table, then why each unfit node is unfit."""
     reports = list(reports)
-    header = ("NODE", "SSH", "RUNTIME", "IMAGE", "SCRIPTS", "FIT")
+    header = ("NODE", "SSH", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "FIT")
     rows = [header] + [
         (
             f"{r.node.label} ({r.node.address})" if r.node.label != r.node.address else r.node.label,
-            r.ssh, r.runtime, r.image, r.scripts, "yes" if r.fit else "NO",
+            r.ssh, r.runtime, r.image, r.scripts, r.ca, "yes" if r.fit else "NO",
         )
         for r in reports
     ]  # fmt: skip

@@ -15,6 +15,7 @@ From Python (pytest fixtures, tasks.py)::
     [p for p in cluster.node_processes("rss-node2") if p["user"] == "rss-bob"]
     cluster.kill_node("rss-node1"); cluster.start_node("rss-node1")
     cluster.restart_sshd("rss-node2"); cluster.stop_sshd("rss-node2")
+    cluster.untrust_ca()                       # /etc/ssh of each node as up() made it
     cluster.set_link("rss-node1", up=False); cluster.set_link("rss-node1", up=True)
 
 What up() builds (all constants are in CONFIG):
@@ -25,7 +26,13 @@ What up() builds (all constants are in CONFIG):
   the same name, a veth pair on the bridge, and a detached init
   (``unshare --pid --mount --uts ... tini -s -- sh -c 'sshd ...; exec sleep infinity'``), so
   each node has its own PID namespace, /proc and hostname, and sshd can be restarted alone;
-* a per-node sshd (keys only, own host keys, SFTP via internal-sftp) on NODE_IP:22;
+* a per-node sshd (keys only, own host keys, SFTP via internal-sftp) on NODE_IP:22, run from
+  the node's own /etc/ssh: ``/var/lib/rss-cluster/nodes/<node>/etc-ssh`` bind-mounted over
+  /etc/ssh in the node's mount namespace before sshd starts (``Node.etc_ssh``), holding
+  ``sshd_config`` (``Include /etc/ssh/sshd_config.d/*.conf`` first, as Debian has it), an
+  empty ``sshd_config.d/`` and copies of the host's ``moduli`` and ``ssh_config``; so
+  ``invoke deploy --trust-ca`` works on a node with its default paths as on a real host.
+  The host keys stay in the node's state directory, where HostKey points;
 * a second sshd on every node, on NODE_IP:2222 (``CONFIG.nosftp_port``): the same host keys
   and settings but no ``Subsystem`` line, so an SFTP session there fails while commands run,
   as on a site that disabled SFTP; its own config, PidFile and log (``Node.nosftp_sshd_*``).
@@ -92,6 +99,10 @@ _SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MARKER_VAR = "RSS_CLUSTER_NODE"  # in the environment of every node's init: NAME:NONCE
 _HELD_VAR = "RSS_CLUSTER_HELD"  # set while this process (or an ancestor) holds exclusive()
 _SSHD = "/usr/sbin/sshd"
+_NODE_ETC_SSH = Path("/etc/ssh")  # inside a node: its own directory, bind-mounted
+_NODE_SSHD_CONFIG = _NODE_ETC_SSH / "sshd_config"  # the main sshd's config, as the node sees it
+_DROP_INS = "sshd_config.d"
+_HOST_ETC_SSH_COPIES = ("moduli", "ssh_config")  # the host's, copied into each node's /etc/ssh
 _TOOLS = "ip unshare tini nsenter setpriv setsid ssh-keygen useradd usermod userdel".split()
 # What the banner users' start-up files print for every shell, on stdout and on stderr.
 BANNER_STDOUT = "Welcome to the cluster (stdout banner)"
@@ -195,6 +206,10 @@ class Config:
         """The host directory each node sees at node_wide_dir."""
         return self.node_dir(node) / "node-wide"
 
+    def etc_ssh_source(self, node: NodeSpec) -> Path:
+        """The host directory each node sees at /etc/ssh."""
+        return self.node_dir(node) / "etc-ssh"
+
 
 CONFIG = Config()
 
@@ -219,7 +234,7 @@ class Node:
     ip: str
     netns: str
     init_pid: int | None  # host PID of the node's PID 1 (tini); None when the node is down
-    sshd_config: Path
+    sshd_config: Path  # as the host sees it (the node sees /etc/ssh/sshd_config)
     sshd_log: Path
     sshd_pid_file: Path  # holds sshd's PID *inside* the node's PID namespace
     console_log: Path  # stdout/stderr of the node's init
@@ -228,6 +243,7 @@ class Node:
     nosftp_sshd_config: Path
     nosftp_sshd_log: Path
     nosftp_sshd_pid_file: Path  # a PID inside the node's PID namespace
+    etc_ssh: Path  # the host directory the node sees as /etc/ssh (sshd_config, sshd_config.d/)
 
 
 @dataclass(frozen=True)
@@ -518,11 +534,17 @@ def _host_key_paths(node: NodeSpec) -> tuple[Path, ...]:
 
 
 def _sshd_paths(node: NodeSpec, sftp: bool = True) -> tuple[Path, Path, Path]:
-    """Config, log and PID file of the node's main sshd, or (sftp=False) of the one without SFTP."""
+    """Config (as the host sees it), log and PID file of the main sshd, or (sftp=False) of the one
+    without SFTP."""
     d = CONFIG.node_dir(node)
     if not sftp:
         return d / "nosftp_sshd_config", d / "nosftp_sshd.log", d / "nosftp_sshd.pid"
-    return d / "sshd_config", d / "sshd.log", d / "sshd.pid"
+    return CONFIG.etc_ssh_source(node) / "sshd_config", d / "sshd.log", d / "sshd.pid"
+
+
+def _node_sshd_config(node: NodeSpec, sftp: bool = True) -> Path:
+    """The config of the main sshd (or, sftp=False, the one without SFTP) as the node sees it."""
+    return _NODE_SSHD_CONFIG if sftp else _sshd_paths(node, sftp=False)[0]
 
 
 def _port(sftp: bool) -> int:
@@ -550,9 +572,10 @@ def _sshd_config_text(node: NodeSpec, sftp: bool = True) -> str:
     _, _, pid_file = _sshd_paths(node, sftp)
     keys = "\n".join(f"HostKey {p}" for p in _host_key_paths(node))
     what = "" if sftp else " (no Subsystem: SFTP sessions fail, commands run)"
+    include = f"Include {_NODE_ETC_SSH / _DROP_INS}/*.conf\n" if sftp else ""
     return f"""\
 # Generated by tests/cluster.py for {node.name}{what}; rewritten whenever the node is (re)started.
-ListenAddress {node.ip}:{_port(sftp)}
+{include}ListenAddress {node.ip}:{_port(sftp)}
 {keys}
 PidFile {pid_file}
 AuthorizedKeysFile .ssh/authorized_keys
@@ -578,10 +601,35 @@ def _ensure_sshd_config(node: NodeSpec, sftp: bool = True) -> bool:
     """Write the node's sshd config; True if it changed (a running sshd must be restarted)."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     conf, _, _ = _sshd_paths(node, sftp)
+    if sftp:
+        _ensure_etc_ssh(node)
     changed = not _sshd_config_current(node, sftp)
     _write(conf, _sshd_config_text(node, sftp), 0o644)
-    _run([_SSHD, "-t", "-f", conf])
+    # Checked here, on the host: with the node's drop-ins, as the host sees them.
+    check = conf.with_name(".sshd_config.check")
+    node_drop_ins, host_drop_ins = f" {_NODE_ETC_SSH / _DROP_INS}/", f" {conf.parent / _DROP_INS}/"
+    _write(check, conf.read_text().replace(node_drop_ins, host_drop_ins), 0o600)
+    try:
+        _run([_SSHD, "-t", "-f", check])
+    finally:
+        check.unlink()
     return changed
+
+
+def _ensure_etc_ssh(node: NodeSpec) -> None:
+    """The node's /etc/ssh, as the host sees it: a root-owned 0755 directory with sshd_config.d/
+    (what tests or `invoke deploy` put there stays) and the host's files sshd and ssh read."""
+    etc = CONFIG.etc_ssh_source(node)
+    (etc / _DROP_INS).mkdir(parents=True, exist_ok=True)
+    for d in (etc, etc / _DROP_INS):
+        os.chmod(d, 0o755)
+    for name in _HOST_ETC_SSH_COPIES:
+        source = Path("/etc/ssh", name)
+        if source.is_file() and not (etc / name).is_file():
+            shutil.copyfile(source, etc / name)
+            os.chmod(etc / name, 0o644)
+    # Where the main config was before each node had its own /etc/ssh.
+    (CONFIG.node_dir(node) / "sshd_config").unlink(missing_ok=True)
 
 
 def _sshd_config_current(node: NodeSpec, sftp: bool = True) -> bool:
@@ -607,9 +655,38 @@ def _root_key_ok() -> bool:
     return False
 
 
-def _node_wide_mounted(pid: int) -> bool:
+def _mounted(pid: int, mount_point: Path) -> bool:
+    """Something is mounted at mount_point in the mount namespace of pid."""
     mounts = (_read_proc(pid, "mountinfo") or b"").decode(errors="replace")
-    return any(line.split()[4] == str(CONFIG.node_wide_dir) for line in mounts.splitlines())
+    return any(line.split()[4] == str(mount_point) for line in mounts.splitlines())
+
+
+def _node_wide_mounted(pid: int) -> bool:
+    return _mounted(pid, CONFIG.node_wide_dir)
+
+
+def _bind_in_node(pid: int, source: Path, mount_point: Path) -> bool:
+    """Bind source on mount_point in the mount namespace of pid only; True if it was not there."""
+    if _mounted(pid, mount_point):
+        return False
+    _run(["nsenter", "-t", str(pid), "-m", "--", "mount", "--bind", source, mount_point])
+    return True
+
+
+def _sshd_listener_configs(node: NodeSpec) -> set[str]:
+    """The -f config of every sshd listener in the node (as the node sees the paths)."""
+    found = set()
+    for pid in _netns_pids(node.netns):
+        args = (_read_proc(pid, "cmdline") or b"").decode(errors="replace").replace("\0", " ").split()
+        if "[listener]" in args and "-f" in args[:-1]:
+            found.add(args[args.index("-f") + 1])
+    return found
+
+
+def _sshd_runs_current(node: NodeSpec, sftp: bool = True) -> bool:
+    """The config file is as generated, and the sshd listening runs from it."""
+    running = _sshd_listener_configs(node)
+    return _sshd_config_current(node, sftp) and str(_node_sshd_config(node, sftp)) in running
 
 
 def _ensure_node_wide_mount(node: NodeSpec, pid: int) -> None:
@@ -618,8 +695,7 @@ def _ensure_node_wide_mount(node: NodeSpec, pid: int) -> None:
     source.mkdir(parents=True, exist_ok=True)
     os.chmod(source, 0o755)
     CONFIG.node_wide_dir.mkdir(parents=True, exist_ok=True)
-    if not _node_wide_mounted(pid):
-        _run(["nsenter", "-t", str(pid), "-m", "--", "mount", "--bind", source, CONFIG.node_wide_dir])
+    _bind_in_node(pid, source, CONFIG.node_wide_dir)
 
 
 def _sshd_answers(node: NodeSpec, timeout: float = 2.0, sftp: bool = True) -> bool:
@@ -649,7 +725,7 @@ def _wait_sshd(node: NodeSpec, init_pid: int, sftp: bool = True) -> None:
 # --------------------------------------------------------------------------- node lifecycle
 
 _INIT_SCRIPT = (
-    'hostname "$1" && rm -f "$3" "$6" && /usr/sbin/sshd -f "$2" -E "$4"'
+    'hostname "$1" && mount --bind "$8" /etc/ssh && rm -f "$3" "$6" && /usr/sbin/sshd -f "$2" -E "$4"'
     ' || echo "rss-cluster: sshd failed to start on $1" >&2;'
     ' /usr/sbin/sshd -f "$5" -E "$7" || echo "rss-cluster: the sshd without sftp failed to start on $1" >&2;'
     " exec sleep infinity"
@@ -657,7 +733,7 @@ _INIT_SCRIPT = (
 
 
 def _init_argv(node: NodeSpec) -> list[str]:
-    conf, log, pid_file = _sshd_paths(node)
+    _, log, pid_file = _sshd_paths(node)
     conf2, log2, pid_file2 = _sshd_paths(node, sftp=False)
     return [
         "setsid", "-f",  # double fork: the node is nobody's child, it outlives this process
@@ -665,8 +741,8 @@ def _init_argv(node: NodeSpec) -> list[str]:
         "unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--uts",
         "--propagation", "private",
         "tini", "-s", "--",
-        "/bin/sh", "-c", _INIT_SCRIPT, "rss-node-init", node.name, str(conf), str(pid_file), str(log),
-        str(conf2), str(pid_file2), str(log2),
+        "/bin/sh", "-c", _INIT_SCRIPT, "rss-node-init", node.name, str(_NODE_SSHD_CONFIG), str(pid_file),
+        str(log), str(conf2), str(pid_file2), str(log2), str(CONFIG.etc_ssh_source(node)),
     ]  # fmt: skip
 
 
@@ -715,6 +791,10 @@ def _start_node(node: NodeSpec) -> int:
         _log(f"starting {node.name} ({node.ip})")
         pid = _launch_init(node)
     else:
+        # A node started by an older cluster.py: no /etc/ssh of its own, sshd from another file.
+        # (A new node's init binds it before its sshd starts.)
+        config_changed |= _bind_in_node(pid, CONFIG.etc_ssh_source(node), _NODE_ETC_SSH)
+        config_changed |= not _sshd_runs_current(node)
         if config_changed or not _sshd_answers(node):
             _log(f"restarting sshd on {node.name}")
             _restart_sshd(node, drop_sessions=False)
@@ -780,9 +860,9 @@ def _stop_sshd(node: NodeSpec, drop_sessions: bool) -> None:
 
 
 def _restart_sshd(node: NodeSpec, drop_sessions: bool) -> None:
-    conf, log, _ = _sshd_paths(node)
+    _, log, _ = _sshd_paths(node)
     _stop_sshd(node, drop_sessions)
-    node_run(node, [_SSHD, "-f", str(conf), "-E", str(log)])
+    node_run(node, [_SSHD, "-f", str(_NODE_SSHD_CONFIG), "-E", str(log)])
     _wait_sshd(node, _require_init(node))
 
 
@@ -1163,7 +1243,8 @@ def _node_view(node: NodeSpec) -> Node:
     conf2, log2, pid_file2 = _sshd_paths(node, sftp=False)
     console = CONFIG.node_dir(node) / "console.log"
     return Node(node.name, node.ip, node.netns, _running_init(node), conf, log, pid_file, console,
-                _host_key_paths(node), CONFIG.nosftp_port, conf2, log2, pid_file2)  # fmt: skip
+                _host_key_paths(node), CONFIG.nosftp_port, conf2, log2, pid_file2,
+                CONFIG.etc_ssh_source(node))  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -1224,13 +1305,15 @@ def problems(users: Iterable[UserRef] | None = None) -> list[str]:
             found.append(f"{node.name}: not running")
         elif not _sshd_answers(node):
             found.append(f"{node.name}: sshd does not answer on {node.ip}:{CONFIG.ssh_port}")
-        elif not _sshd_config_current(node):
+        elif not _mounted(pid, _NODE_ETC_SSH):
+            found.append(f"{node.name}: no /etc/ssh of its own")
+        elif not _sshd_runs_current(node):
             found.append(f"{node.name}: sshd runs with an outdated config")
         elif not _sshd_answers(node, sftp=False):
             found.append(
                 f"{node.name}: the sshd without sftp does not answer on {node.ip}:{CONFIG.nosftp_port}"
             )
-        elif not _sshd_config_current(node, sftp=False):
+        elif not _sshd_runs_current(node, sftp=False):
             found.append(f"{node.name}: the sshd without sftp runs with an outdated config")
         elif not _node_wide_mounted(pid):
             found.append(f"{node.name}: no node-wide directory of its own at {CONFIG.node_wide_dir}")
@@ -1364,6 +1447,30 @@ def restart_sshd(node: NodeRef, drop_sessions: bool = False) -> None:
     """
     _require_root()
     _restart_sshd(_node_spec(node), drop_sessions)
+
+
+def untrust_ca() -> None:
+    """Put every node's /etc/ssh back as up() makes it, and restart its sshd (open sessions live on).
+
+    What `invoke deploy --trust-ca` added (remote-singularity-spawner_ca.pub and its drop-in in
+    sshd_config.d/) goes, and so does anything else a test put there or changed: after it, the
+    nodes trust no user CA.
+    """
+    _require_root()
+    with _locked():
+        for node in CONFIG.nodes:
+            etc = CONFIG.etc_ssh_source(node)
+            keep = {etc / "sshd_config", etc / _DROP_INS, *(etc / name for name in _HOST_ETC_SSH_COPIES)}
+            for entry in [*etc.glob("*"), *etc.glob(f"{_DROP_INS}/*"), *etc.glob(".*")]:
+                if entry in keep:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            _ensure_sshd_config(node)
+            if _running_init(node) is not None:
+                _restart_sshd(node, drop_sessions=False)
 
 
 def set_link(node: NodeRef, up: bool) -> None:

@@ -84,17 +84,18 @@ def test_deploy_installs_once_and_the_spawn_then_uploads_nothing(cluster, node_w
     image = ["--image", str(cluster.image)]
     code, out = invoke(cluster, "check", *image)
     assert code == 0, out
-    assert row(out, NODE1)[-2:] == ["missing", "yes"] and row(out, NODE2)[-2:] == ["missing", "yes"]
+    assert row(out, NODE1)[-3:] == ["missing", "-", "yes"] and row(out, NODE2)[-3:] == ["missing", "-", "yes"]
     assert "singularity-ce 3.11.5-standin" in " ".join(row(out, NODE1))
 
     code, out = invoke(cluster, "deploy", *image, "--dry-run")
     assert code == 0, out
-    assert row(out, NODE1)[-3:-1] == ["would", "install"], out
+    assert row(out, NODE1)[-4:-2] == ["would", "install"], out
     assert snapshot(node_wide) == {}, "--dry-run changed nothing"
 
     code, out = invoke(cluster, "deploy", *image)
     assert code == 0, out
-    assert row(out, NODE1)[-2:] == ["INSTALLED", "yes"] and row(out, NODE2)[-2:] == ["INSTALLED", "yes"]
+    for node in (NODE1, NODE2):
+        assert row(out, node)[-3:] == ["INSTALLED", "-", "yes"], out
     for source in node_wide.values():
         installed = source / "scripts" / VERSION
         assert sorted(p.name for p in installed.iterdir()) == sorted(remote.SCRIPT_FILES)
@@ -105,7 +106,7 @@ def test_deploy_installs_once_and_the_spawn_then_uploads_nothing(cluster, node_w
 
     code, out = invoke(cluster, "deploy", *image)
     assert code == 0, out
-    assert row(out, NODE1)[-2:] == ["current", "yes"] and row(out, NODE2)[-2:] == ["current", "yes"]
+    assert row(out, NODE1)[-3:] == ["current", "-", "yes"] and row(out, NODE2)[-3:] == ["current", "-", "yes"]
     assert snapshot(node_wide) == before, "a second deploy changes nothing"
 
     user = "rss-alice"
@@ -136,8 +137,8 @@ def test_check_says_which_node_lacks_the_image_and_which_is_down(cluster, node_w
 
     code, out = invoke(cluster, "check", "--image", image, hosts=hosts)
     assert code == 1, out
-    assert row(out, NODE1)[-3:] == ["ok", "missing", "yes"], out
-    assert row(out, NODE2)[-3:] == ["MISSING", "missing", "NO"], out
+    assert row(out, NODE1)[-4:] == ["ok", "missing", "-", "yes"], out
+    assert row(out, NODE2)[-4:] == ["MISSING", "missing", "-", "NO"], out
     assert row(out, "rss-node9")[2] == "DOWN" and row(out, "rss-node9")[-1] == "NO", out
     assert f"{NODE2}: image {image}: missing" in out
     assert "rss-node9: cannot connect to root@10.213.47.19:22" in out
@@ -177,7 +178,7 @@ def test_check_and_deploy_report_a_node_whose_sshd_is_stopped(cluster, node_wide
         assert wait_until(lambda: not answers(node2.ip), timeout=10)
         code, out = invoke(cluster, "deploy", "--image", str(cluster.image))
         assert code == 1, out
-        assert row(out, NODE1)[-2:] == ["INSTALLED", "yes"], out
+        assert row(out, NODE1)[-3:] == ["INSTALLED", "-", "yes"], out
         assert row(out, NODE2)[2] == "DOWN" and row(out, NODE2)[-1] == "NO", out
         assert f"{NODE2}: cannot connect to root@{node2.ip}:22:" in out
         assert not (node_wide[NODE2] / "scripts").exists()

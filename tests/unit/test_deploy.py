@@ -1,13 +1,16 @@
-"""invoke check / deploy without a cluster: settings, verdicts, the table, the spawner's choice."""
+"""invoke check / deploy without a cluster: settings, verdicts, the table, the spawner's choice, the CA."""
 
 from __future__ import annotations
 
 import hashlib
+import shlex
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
-from remotesingularityspawner import deploy, remote
+from remotesingularityspawner import admin, deploy, remote
 from remotesingularityspawner.nodes import Node
 
 BUNDLE = remote.ScriptBundle(files={"common.sh": b"a", "stop.sh": b"b"}, version="v1")
@@ -173,7 +176,7 @@ def test_a_node_that_cannot_be_logged_in_to_is_unfit_with_the_reason(error, show
     assert report.ssh == shown and not report.fit
     assert report.problems == [str(error)]
     table = deploy.format_table([report])
-    assert table.splitlines()[0].split() == ["NODE", "SSH", "RUNTIME", "IMAGE", "SCRIPTS", "FIT"]
+    assert table.splitlines()[0].split() == ["NODE", "SSH", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "FIT"]
     assert f"n1: {error}" in table
 
 
@@ -193,6 +196,7 @@ def test_the_table_has_one_row_per_node_and_the_reasons_below():
         "1.3.4",
         "ok",
         "current",
+        "-",
         "yes",
     ]
     assert lines[2].split()[-1] == "NO" and lines[2].split()[0] == "10.0.0.2"
@@ -228,3 +232,178 @@ def test_deploy_replaces_an_unsafe_copy_but_not_for_an_unsafe_parent(monkeypatch
         assert report.scripts == "INSTALLED" and report.notes == []
     else:
         assert report.scripts == "UNSAFE" and problem in report.notes[0]
+
+
+# --- the CA: where its public key comes from -------------------------------------------
+
+
+def keygen(path, key_type="ed25519", passphrase="", comment="hub-ca 2025"):
+    args = {"ed25519": ["-t", "ed25519"], "ecdsa": ["-t", "ecdsa"], "rsa": ["-t", "rsa", "-b", "2048"]}
+    subprocess.run(["ssh-keygen", "-q", *args[key_type], "-N", passphrase, "-C", comment, "-f", str(path)],
+                   check=True)  # fmt: skip
+    return path
+
+
+def public_part(path):
+    """`TYPE BASE64` of a key pair's .pub file, as ssh-keygen wrote it."""
+    return " ".join(path.with_name(path.name + ".pub").read_text().split()[:2])
+
+
+def test_the_ca_from_a_public_key_file_keeps_a_plain_comment(tmp_path):
+    key = keygen(tmp_path / "ca")
+    line, source = admin.ca_public_key(trust_ca=f"{key}.pub")
+    assert line == f"{public_part(key)} hub-ca 2025" and source == f"{key}.pub"
+    (tmp_path / "odd.pub").write_text(f"# the Hub's CA\n{public_part(key)} it's!\n")
+    assert admin.ca_public_key(trust_ca=str(tmp_path / "odd.pub"))[0] == public_part(key)
+
+
+@pytest.mark.parametrize("key_type", ["ed25519", "ecdsa", "rsa"])
+def test_the_ca_from_the_hub_config_is_the_public_half_of_its_private_key(tmp_path, key_type):
+    key = keygen(tmp_path / "ssh_ca", key_type)
+    cfg = tmp_path / "jupyterhub_config.py"
+    cfg.write_text(f"c.RemoteSingularitySpawner.ssh_ca_key_file = {str(key)!r}\n")
+    line, source = admin.ca_public_key(ca_key_file=deploy.read_hub_config(cfg)["ssh_ca_key_file"])
+    assert line.split()[:2] == public_part(key).split() and source == str(key)
+    listed = subprocess.run(["ssh-keygen", "-l", "-f", str(key)], capture_output=True, text=True, check=True)
+    assert admin.ca_fingerprint(line) in listed.stdout
+
+
+def test_the_command_line_ca_wins_and_no_ca_means_none(tmp_path):
+    key, other = keygen(tmp_path / "ca"), keygen(tmp_path / "other")
+    assert admin.ca_public_key(f"{key}.pub", str(other))[0].startswith(public_part(key))
+    assert admin.ca_public_key("", "") == ("", "")
+
+
+def test_an_unusable_ca_is_refused_naming_the_option_or_setting_never_showing_the_key(tmp_path):
+    locked = keygen(tmp_path / "locked", passphrase="secret")
+    with pytest.raises(deploy.DeployError, match=r"^ssh_ca_key_file: .*locked is protected by a passphrase"):
+        admin.ca_public_key(ca_key_file=str(locked))
+    with pytest.raises(deploy.DeployError, match=r"^ssh_ca_key_file: .*missing does not exist"):
+        admin.ca_public_key(ca_key_file=str(tmp_path / "missing"))
+    key = keygen(tmp_path / "ca")
+    with pytest.raises(
+        deploy.DeployError, match=r"^--trust-ca .*/ca is a private key: give its public key"
+    ) as e:
+        admin.ca_public_key(trust_ca=str(key))
+    secret = "".join(key.read_text().splitlines()[1:-1])
+    assert secret[:40] not in str(e.value) and secret[-40:] not in str(e.value)
+    (tmp_path / "two.pub").write_text(f"{public_part(key)}\n{public_part(key)}\n")
+    (tmp_path / "junk.pub").write_text("ssh-ed25519 AAAAnot-base64 x\n")
+    for bad in ("two.pub", "junk.pub"):
+        with pytest.raises(deploy.DeployError, match=f"--trust-ca .*{bad} must hold one public key line"):
+            admin.ca_public_key(trust_ca=str(tmp_path / bad))
+    with pytest.raises(deploy.DeployError, match="--trust-ca .*none.pub: cannot read it: No such file"):
+        admin.ca_public_key(trust_ca=str(tmp_path / "none.pub"))
+
+
+def test_the_admin_command_refuses_an_unusable_ca_before_any_connection(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "from remotesingularityspawner.admin import main; main()", "deploy",
+         "--hosts", "n1:10.0.0.1", "--image", "/x.sif", "--trust-ca", str(tmp_path / "none.pub")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert f"error: --trust-ca {tmp_path}/none.pub: cannot read it" in out.stderr
+
+
+def test_the_ca_and_sshd_config_reach_the_settings_and_a_bad_sshd_config_is_refused():
+    s = settings(ca=("ssh-ed25519 AAAA hub", "ca.pub"), sshd_config="/etc/ssh/sshd_config.site")
+    assert (s.ca_key, s.ca_source, s.sshd_config) == (
+        "ssh-ed25519 AAAA hub",
+        "ca.pub",
+        "/etc/ssh/sshd_config.site",
+    )
+    assert settings().sshd_config == "/etc/ssh/sshd_config" and settings().ca_key == ""
+    for bad in ("sshd_config", "/etc/ssh/../x", "/etc/ssh/sshd config"):
+        with pytest.raises(deploy.DeployError, match=f"--sshd-config {bad!r}"):
+            settings(sshd_config=bad)
+
+
+# --- the CA on the node: the script's call, its answer, the column ----------------------
+
+CA = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDsl0cvZoHzWJyQ3y8vNL2iuFrmHTUWlHqpoCj5xnYpk hub"
+BUNDLE_CA = remote.ScriptBundle(
+    files={"common.sh": b"# common\n", "trust_ca.sh": b'main "$@"; exit\n'}, version="v1"
+)
+
+
+@pytest.mark.parametrize(
+    "action, argv",
+    [
+        ("check", ["check"]),
+        ("install", ["install"]),
+        ("dry-run", ["install", "--dry-run"]),
+    ],
+)
+def test_trust_ca_sh_is_fed_on_stdin_with_the_key_and_config_as_argv(monkeypatch, action, argv):
+    sent = []
+
+    def run_command(conn, command, stdin="", **kwargs):
+        sent.append((shlex.split(command), stdin))
+        return remote.Reply(0, {"ca": "yes", "ca_file": "/etc/ssh/x.pub", "why": ""})
+
+    monkeypatch.setattr(remote, "run_command", run_command)
+    s = settings(ca=(CA, "ca.pub"))
+    assert deploy.trust_ca(None, s, BUNDLE_CA, action)["ca"] == "yes"
+    words, stdin = sent[0]
+    assert words[4:6] == ["-s", "--"]
+    assert words[6:] == [*argv, "--key", CA, "--sshd-config", "/etc/ssh/sshd_config"]
+    assert stdin == '# common\n\nmain "$@"; exit\n'
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        remote.Reply(64, {}, "trust_ca.sh: unknown option"),
+        remote.Reply(0, {"pid": 1}, ""),
+        remote.Reply(7, {"ca": "no"}, "trust_ca.sh: --key needs one OpenSSH public key line"),
+    ],
+)
+def test_a_reply_that_is_not_an_answer_is_an_error_with_its_stderr(monkeypatch, reply):
+    monkeypatch.setattr(remote, "run_command", lambda *a, **k: reply)
+    with pytest.raises(remote.RemoteError, match=r"trust_ca.sh failed \(exit code"):
+        deploy.trust_ca(None, settings(ca=(CA, "ca.pub")), BUNDLE_CA, "check")
+
+
+@pytest.mark.parametrize(
+    "answer, action, shown, fit",
+    [
+        ({"ca": "yes", "why": ""}, "check", "yes", True),
+        ({"ca": "no", "why": "the CA key is not in /etc/ssh/x.pub"}, "check", "NO", False),
+        (
+            {"ca": "trusted", "why": "added the key to /etc/ssh/x.pub, reloaded sshd"},
+            "install",
+            "TRUSTED",
+            True,
+        ),
+        ({"ca": "would trust", "why": "would add the key"}, "dry-run", "would trust", True),
+        ({"ca": "no", "why": "cannot write /x: it is a directory; nothing changed"}, "install", "NO", False),
+        ({"ca": "not reloaded", "why": "no running sshd found"}, "install", "NOT RELOADED", False),
+    ],
+)
+def test_the_ca_column_and_fitness_follow_the_answer(answer, action, shown, fit):
+    report = deploy.NodeReport(Node("n1", "10.0.0.1"), "ok (root)", "apptainer 1.3.4", "ok", "current")
+    deploy.judge_ca(report, answer, action)
+    assert report.ca == shown and report.fit == fit
+    said = report.problems + report.notes
+    assert len(said) == (1 if answer["why"] else 0) and answer["why"] in "".join(said)
+    assert ("run invoke deploy" in "".join(said)) == (action == "check" and not fit)
+    table = deploy.format_table([report]).splitlines()
+    assert table[1].split()[-2:] == [*shown.split()[-1:], "yes" if fit else "NO"]
+
+
+@pytest.mark.parametrize(
+    "change, dry_run, action",
+    [(False, False, "check"), (True, False, "install"), (True, True, "dry-run")],
+)
+def test_each_node_is_asked_about_the_ca_only_when_one_is_given(monkeypatch, change, dry_run, action):
+    asked = []
+    monkeypatch.setattr(deploy, "probe_node", lambda conn, s, b: probe())
+    monkeypatch.setattr(deploy, "trust_ca", lambda conn, s, b, act: asked.append(act) or {"ca": "yes"})
+    conn = SimpleNamespace(close=lambda: None)
+    for given in (("", ""), (CA, "ca.pub")):
+        report = deploy.inspect_node(
+            Node("n1", "10.0.0.1"), settings(ca=given), BUNDLE, lambda n: conn, "root", change, dry_run
+        )
+        assert report.ca == ("yes" if given[0] else "-") and report.fit
+    assert asked == [action]
