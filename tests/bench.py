@@ -16,7 +16,9 @@ Measured:
 - the Hub's restart with those servers running, against an empty restart;
 - the Hub's resident memory with those servers running, against none;
 - a storm of ``storm`` concurrent spawns: successes, and ``GET /hub/api/``
-  response times sampled every 50 ms meanwhile.
+  response times sampled every 50 ms meanwhile;
+- certificate mode: the spawn latency with the nodes trusting a CA (deployed
+  by the admin command), and what making a login's key and certificate costs.
 
 Prints one table (Markdown) and writes everything as JSON.
 """
@@ -29,6 +31,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -302,6 +305,56 @@ def run_ours(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
     return out
 
 
+def signing(rounds: int = 200) -> dict:
+    """What certificate mode adds to each login: a fresh key, a signed certificate, loaded."""
+    from remotesingularityspawner import remote  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = Path(tmp) / "ca"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+        request = remote.CertificateRequest(str(ca), "rss-alice", remote.key_id("rss-alice", "", "rss-alice"))
+        request.login_key()  # the CA is loaded once per Hub process
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            request.login_key()
+            times.append(time.perf_counter() - started)
+    return {"login_key_s": times, "median_ms": 1000 * statistics.median(times)}
+
+
+CERT_CONFIG = """
+c.RemoteSingularitySpawner.ssh_auth = "certificate"
+c.RemoteSingularitySpawner.ssh_ca_key_file = {ca!r}
+c.RemoteSingularitySpawner.known_hosts_files = [{known_hosts!r}]
+"""
+
+
+def run_certificates(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
+    """Spawn latency with certificates, the nodes made to trust a CA by deploy."""
+    from remotesingularityspawner import deploy  # noqa: PLC0415
+
+    workdir.mkdir(parents=True)
+    ca = workdir / "ssh_ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    say("certificates: deploy --trust-ca on the nodes")
+    settings, _ = deploy.make_settings(
+        hosts=",".join(f"{n.name}:{n.ip}" for n in c.nodes), exe=str(c.singularity), image=str(c.image),
+        known_hosts=[str(c.known_hosts)], ca=(Path(f"{ca}.pub").read_text().strip(), "bench"),
+    )  # fmt: skip
+    reports, _ = deploy.run(settings, "root", [str(c.root_key)], change=True)
+    if not all(r.fit for r in reports):
+        raise RuntimeError(deploy.format_table(reports))
+    out: dict = {"signing": signing()}
+    extra = CERT_CONFIG.format(ca=str(ca), known_hosts=str(c.known_hosts))
+    try:
+        with running(new_hub(c, workdir / "hub", 400, extra)) as hub:
+            say(f"certificates: {s.spawns} spawns one at a time")
+            out["latency"] = latencies(hub, plan(s.spawns, "cert-", [n.name for n in c.nodes]))
+    finally:
+        cluster_mod.untrust_ca()  # the nodes' sshd as the cluster made it
+    return out
+
+
 def run_local(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
     singleuser = str(c.venv / "bin" / "jupyterhub-singleuser")
     out: dict = {}
@@ -337,9 +390,11 @@ def machine() -> dict:
     }
 
 
-def rows(s: Settings, ours: dict, local: dict) -> list[dict]:
+def rows(s: Settings, ours: dict, local: dict, certs: dict) -> list[dict]:
     """The table: each measurement, its reference, the target and whether it is met."""
-    lat, llat = ours["latency"], local["latency"]
+    lat, llat, clat = ours["latency"], local["latency"], certs["latency"]
+    cert_overhead = clat["median_s"] - lat["median_s"]
+    signing_ms = certs["signing"]["median_ms"]
     overhead = lat["median_s"] - llat["median_s"]
     poll = ours["poll"]
     restart_limit = 2 * ours["restart_empty_s"] + 1
@@ -391,6 +446,20 @@ def rows(s: Settings, ours: dict, local: dict) -> list[dict]:
             "met": st["api_p99_ms"] <= 1.5 * lst["api_p99_ms"],
         },
         {
+            "measure": f"spawn latency with certificates, median of {s.spawns} (s)",
+            "ours": f"{clat['median_s']:.2f}",
+            "reference": f"user keys {lat['median_s']:.2f}; difference {cert_overhead:+.2f}",
+            "target": "difference <= 0.1 s",
+            "met": cert_overhead <= 0.1,
+        },
+        {
+            "measure": "certificate per login: key made, signed, loaded; median (ms)",
+            "ours": f"{signing_ms:.2f}",
+            "reference": "made for each new SSH connection",
+            "target": "<= 2 ms",
+            "met": signing_ms <= 2,
+        },
+        {
             "measure": f"Hub memory with {s.servers} servers (MiB)",
             "ours": f"{ours['rss_n_bytes'] / MIB:.1f}",
             "reference": f"none {ours['rss_none_bytes'] / MIB:.1f}; {per_server / MIB:+.2f} per server",
@@ -426,15 +495,17 @@ def run(settings: Settings, json_path: Path, command: str) -> dict:
         workdir = Path(tempfile.mkdtemp(prefix="rss-bench-"))
         ours = run_ours(c, settings, workdir / "ours", say)
         local = run_local(c, settings, workdir / "local", say)
+        certs = run_certificates(c, settings, workdir / "certs", say)
         shutil.rmtree(workdir, ignore_errors=True)
     info["load_average_at_end"] = os.getloadavg()
-    table_rows = rows(settings, ours, local)
+    table_rows = rows(settings, ours, local, certs)
     results = {
         "command": command,
         "machine": info,
         "settings": asdict(settings),
         "ours": ours,
         "local": local,
+        "certificates": certs,
         "table": table_rows,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)

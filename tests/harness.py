@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -79,6 +80,11 @@ class Hub:
     internal_ssl: bool = False
     password: str = field(default_factory=lambda: secrets.token_urlsafe(8))
     service_token: str = field(default_factory=lambda: secrets.token_hex(24))
+    # The Python that runs the Hub, the account it runs as ("": this one), and a command
+    # it runs under (e.g. faketime).
+    python: str = sys.executable
+    run_as: str = ""
+    wrapper: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
 
     @property
@@ -124,9 +130,16 @@ class Hub:
     def start(self, timeout: float = 60, interval: float = 0.2) -> Hub:
         """Start the Hub; returns once its API answers (checked every *interval* seconds)."""
         config = self.write_config()
+        argv = [*self.wrapper, self.python, "-m", "jupyterhub", "-f", str(config)]
+        if self.run_as:
+            account = pwd.getpwnam(self.run_as)
+            for path in (self.workdir, *self.workdir.iterdir()):
+                os.chown(path, account.pw_uid, account.pw_gid)
+            argv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
+                    "env", f"HOME={account.pw_dir}", f"USER={self.run_as}", *argv]  # fmt: skip
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            argv,
             cwd=self.workdir,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -32,7 +32,8 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
 
     measures = [row["measure"] for row in results["table"]]
     for words in ("spawn latency, median", "spawn latency, p95", "poll round", "Hub restart", "storm of",
-                  "GET /hub/api/", "Hub memory"):  # fmt: skip
+                  "GET /hub/api/", "Hub memory", "spawn latency with certificates",
+                  "certificate per login"):  # fmt: skip
         assert any(words in m for m in measures), (words, measures)
         assert words in proc.stdout  # the printed table
     assert all(row["ours"] and row["reference"] for row in results["table"])
@@ -50,3 +51,7 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
     assert ours["restart_n_s"] > 0 and ours["restart_empty_s"] > 0
     assert ours["rss_n_bytes"] > 0 and ours["rss_none_bytes"] > 0
     assert results["machine"]["cores"] >= 1 and results["command"] == "invoke bench --quick"
+    certs = results["certificates"]
+    assert len(certs["latency"]["spawn_s"]) == settings["spawns"]
+    assert all(0 < t < 180 for t in certs["latency"]["spawn_s"])
+    assert len(certs["signing"]["login_key_s"]) == 200 and certs["signing"]["median_ms"] > 0
