@@ -303,6 +303,7 @@ def test_a_real_sshd_refuses_an_expired_certificate_or_another_principal_naming_
     "ca_change, setting",
     [
         (lambda p: p.unlink(), "ssh_ca_key_file"),
+        (lambda p: os.chown(p, 0, 0), "ssh_ca_key_file"),
         (lambda p: os.chmod(p, 0o640), "ssh_ca_key_file"),
         (lambda p: subprocess.run(["ssh-keygen", "-q", "-p", "-N", "pw", "-P", "", "-f", str(p)], check=True),
          "ssh_ca_key_file"),
@@ -310,7 +311,8 @@ def test_a_real_sshd_refuses_an_expired_certificate_or_another_principal_naming_
         ("validity=10", "ssh_certificate_validity"),
         ("validity=90000", "ssh_certificate_validity"),
     ],
-    ids=["missing", "group-readable", "encrypted", "unknown-type", "validity-too-short", "validity-too-long"],
+    ids=["missing", "unreadable", "group-readable", "encrypted", "unknown-type", "validity-too-short",
+         "validity-too-long"],  # fmt: skip
 )
 def test_a_bad_certificate_setting_fails_the_spawn_naming_it_before_any_login(
     cluster, workroot, hub_account, hub_python, keyless_users, ca_change, setting
