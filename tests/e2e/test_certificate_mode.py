@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -296,6 +298,45 @@ def test_a_real_sshd_refuses_an_expired_certificate_or_another_principal_naming_
     assert "Accepted" not in text
     assert ("expired" if case == "expired" else "not in principal list") in text.lower() or \
         "certificate invalid" in text.lower(), text[-1500:]  # fmt: skip
+    assert nothing_left(NODE2, user)
+
+
+SPAWN_AS_A_LATE_HUB = """
+import asyncio, json, sys
+from types import SimpleNamespace
+from remotesingularityspawner import RemoteSingularitySpawner
+user, nodelist, exe, image, ca, known = sys.argv[1:]
+spawner = RemoteSingularitySpawner(
+    user=SimpleNamespace(name=user, url=f"/user/{user}/", id=1), nodelist=nodelist,
+    singularity_exe_path=exe, singularity_container_path=image, ssh_auth="certificate",
+    ssh_ca_key_file=ca, known_hosts_files=[known],
+)
+spawner.get_env = lambda: {"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:0/user/x/"}
+spawner.user_options = {"host": "rss-node2"}
+try:
+    asyncio.run(spawner.start())
+except Exception as e:
+    print(json.dumps({"type": type(e).__name__, "message": getattr(e, "jupyterhub_message", str(e))}))
+"""
+
+
+def test_a_hub_whose_clock_is_an_hour_late_gets_a_spawn_error_naming_node_and_clocks(
+    cluster, trusted_ca, keyless_users
+):
+    """The spawner itself, its process's clock an hour late (faketime): its certificates are expired."""
+    user = USERS[0]
+    nodelist = ",".join(f"{n.name}:{n.ip}" for n in cluster.nodes)
+    sizes = log_sizes()
+    args = [user, nodelist, str(cluster.singularity), str(cluster.image), str(trusted_ca)]
+    args.append(str(cluster.known_hosts))
+    argv = ["faketime", "-f", "-1h", sys.executable, "-c", SPAWN_AS_A_LATE_HUB, *args]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    failure = json.loads(out.stdout.strip().splitlines()[-1])
+    assert failure["type"] == "SpawnException", failure
+    assert failure["message"].startswith("Cannot start your server on rss-node2: login as"), failure
+    assert "refused" in failure["message"] and "clocks" in failure["message"]
+    text = sshd_log_since(NODE2, sizes[NODE2])
+    assert "Accepted" not in text and "expired" in text.lower(), text[-1500:]
     assert nothing_left(NODE2, user)
 
 
