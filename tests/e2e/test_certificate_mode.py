@@ -25,7 +25,7 @@ from pathlib import Path
 import cluster as cluster_mod
 import paramiko
 import pytest
-from conftest import nothing_left, servers_of, spawn_failure, user_processes, wait_until
+from conftest import make_hub, nothing_left, servers_of, spawn_failure, user_processes, wait_until
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from harness import Hub
@@ -126,7 +126,6 @@ def trusted_ca(cluster, workroot, hub_account):
 
 def cert_hub(cluster, workroot, hub_account, hub_python, ca, name, offset, wrapper=(), **config) -> Hub:
     workdir = workroot / name
-    shutil.rmtree(workdir, ignore_errors=True)
     lines = {
         "ssh_auth": '"certificate"',
         "ssh_ca_key_file": f'"{ca}"',
@@ -136,22 +135,11 @@ def cert_hub(cluster, workroot, hub_account, hub_python, ca, name, offset, wrapp
     extra = "c.Spawner.poll_interval = 3\n" + "".join(
         f"c.RemoteSingularitySpawner.{key} = {value}\n" for key, value in lines.items()
     )
-    hub = Hub(
-        workdir=workdir,
-        hub_ip=cluster.hub_ip,
-        nodelist=",".join(f"{n.name}:{n.ip}" for n in cluster.nodes),
-        singularity=str(cluster.singularity),
-        image=str(cluster.image),
-        public_port=18400 + offset,
-        hub_port=18481 + offset,
-        proxy_api_port=18401 + offset,
-        cleanup_servers=False,
-        extra_config=extra,
-        python=hub_python,
-        run_as=HUB_ACCOUNT,
-        wrapper=wrapper,
-    )
-    return hub
+    # make_hub's ports at offset 400 and up: clear of the session Hub's and alt_hub's.
+    return make_hub(
+        cluster, workdir, offset=400 + offset, cleanup_servers=False, extra_config=extra,
+        python=hub_python, run_as=HUB_ACCOUNT, wrapper=wrapper,
+    )  # fmt: skip
 
 
 def sshd_log_since(node: str, offset: int) -> str:
