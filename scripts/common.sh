@@ -18,6 +18,7 @@ readonly RSS_EXIT_BAD_INPUT=7
 readonly RSS_EXIT_STOP_FAILED=8
 readonly RSS_EXIT_NO_SCRIPTS=9
 readonly RSS_EXIT_CANNOT_WRITE=10
+readonly RSS_EXIT_SLURM=11
 readonly RSS_EXIT_USAGE=64
 
 # Environment keys the Hub may not set for the server: they belong to the

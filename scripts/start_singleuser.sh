@@ -24,7 +24,7 @@ usage() {
 Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
                            [--bind SRC[:DEST[:ro|rw]]]... [--singularity-arg ARG]...
                            [--port-range LOW-HIGH] [--timeout SECONDS]
-                           -- COMMAND [ARG...]  < environment
+                           [--slurm-job JOBID] -- COMMAND [ARG...]  < environment
 
   --exe              singularity or apptainer executable (name or path)
   --image            container image (SIF file or sandbox directory)
@@ -34,6 +34,9 @@ Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
   --singularity-arg  extra option for `singularity exec`, repeatable
   --port-range       ports to choose from (default 49152-60999)
   --timeout          seconds to wait for the server to listen (default 60)
+  --slurm-job        start the server as a step of this Slurm job, which holds
+                     this node (srun --jobid=JOBID --overlap); srun's PID is
+                     the one recorded, and srun forwards signals to the step
 
 stdin: NUL-separated KEY=VALUE records exported for the server; must
 include JUPYTERHUB_SERVICE_URL, whose port is replaced by the chosen one.
@@ -134,13 +137,26 @@ truncate_file() {
   : >"$1"
 }
 
+#######################################
+# Set LAUNCH to the words that run the server as a step of Slurm job $1,
+# or to none without a job.
+#######################################
+slurm_launcher() {
+  LAUNCH=()
+  [[ -n "$1" ]] || return 0
+  local srun
+  srun=$(command -v srun) \
+    || die "${RSS_EXIT_USAGE}" "srun not found on PATH (${PATH}): --slurm-job needs the Slurm client on this node"
+  LAUNCH=("${srun}" "--jobid=$1" --overlap --nodes=1 --ntasks=1 --quiet --kill-on-bad-exit=1 --)
+}
+
 log_tail() {
   printf -- '--- last lines of %s ---\n' "$1" >&2
   tail -n "${LOG_TAIL_LINES}" -- "$1" >&2 || true
 }
 
 main() {
-  local exe="" image="" server_dir="" port_range="49152-60999" timeout=60
+  local exe="" image="" server_dir="" port_range="49152-60999" timeout=60 slurm_job=""
   local -a binds=() extra=()
   local evaluation=eval
   while (($#)); do
@@ -156,6 +172,7 @@ main() {
         ;;
       --port-range) port_range="${2?}"; shift 2 ;;
       --timeout) timeout="${2?}"; shift 2 ;;
+      --slurm-job) slurm_job="${2?}"; shift 2 ;;
       -h | --help) usage; exit 0 ;;
       --) shift; break ;;
       *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
@@ -170,11 +187,13 @@ main() {
   ((1024 <= low && low <= high && high <= 65535)) \
     || die "${RSS_EXIT_USAGE}" "--port-range ${port_range} is outside 1024-65535"
   require_uint --timeout "${timeout}"
+  [[ -z "${slurm_job}" ]] || require_uint --slurm-job "${slurm_job}"
   # Read stdin to its end before anything can fail: a command that exits with its
   # input unread can make sshd drop the connection the Hub shares with other commands.
   import_environment
   local cmd_exe
   cmd_exe=$(command -v -- "${exe}") || die "${RSS_EXIT_USAGE}" "'${exe}' not found on PATH (${PATH})"
+  slurm_launcher "${slurm_job}"
 
   cd "${HOME}"
   local service_url=${JUPYTERHUB_SERVICE_URL:-}
@@ -194,10 +213,10 @@ main() {
     export JUPYTERHUB_SERVICE_URL="${url_head}:${port}${url_tail}"
     export_for_container "${evaluation}"
     try_write "write the server's log ${log}" truncate_file "${log}"
-    progress 40 "starting the container ${image##*/}"
+    progress 40 "starting the container ${image##*/}${slurm_job:+ in Slurm job ${slurm_job}}"
     # setsid makes the server a session and process-group leader: its PID
     # is the group to signal, and it survives the end of this SSH session.
-    setsid "${cmd_exe}" exec "${extra[@]}" "${binds[@]}" "${image}" "$@" \
+    setsid "${LAUNCH[@]}" "${cmd_exe}" exec "${extra[@]}" "${binds[@]}" "${image}" "$@" \
       </dev/null >>"${log}" 2>&1 &
     pid=$!
     start=""

@@ -33,12 +33,14 @@ def start_call(
     binds: Sequence[Bind],
     command: Sequence[str],
     env: Mapping[str, str],
+    slurm_job: str = "",
 ) -> ScriptCall:
     """start_singleuser.sh: the runtime, image and binds as argv; the environment on stdin.
 
     ValueError if a value cannot travel (see check_words and env_payload). *timeout*
     is the script's own wait for the server to listen; the call itself is
-    bounded by the Hub's start_timeout.
+    bounded by the Hub's start_timeout. *slurm_job*: start the server as a step
+    of that job (``srun --overlap``), so it is confined to it and ends with it.
     """
     args = [
         "--exe", exe,
@@ -51,6 +53,8 @@ def start_call(
         args += ["--singularity-arg", extra]
     for bind in binds:
         args += ["--bind", bind.spec]
+    if slurm_job:
+        args += ["--slurm-job", slurm_job]
     args = (*args, "--", *command)
     check_words(args)
     return ScriptCall("start_singleuser.sh", args, env_payload(env))
@@ -85,3 +89,59 @@ def stop_call(
 def status_call(timeout: float) -> ScriptCall:
     """node_status.sh: the node's load, memory and servers, for the form."""
     return ScriptCall("node_status.sh", (), timeout=timeout)
+
+
+# --- Slurm (slurm_job.sh, on the submit host) ------------------------------------------
+
+
+def job_name(username: str, server_name: str) -> str:
+    """The job's name in squeue: which user's server it holds."""
+    name = f"jupyter-{username}" + (f"-{server_name}" if server_name else "")
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name)[:100]
+
+
+def submit_call(
+    *,
+    job_name: str,
+    partition: str,
+    resources,
+    host: str | None,
+    output_dir: str,
+    sbatch_args: Sequence[str],
+    timeout: float,
+) -> ScriptCall:
+    """slurm_job.sh submit: a job that holds the allocation the server will run in."""
+    args = [
+        "submit",
+        "--job-name", job_name,
+        "--partition", partition,
+        "--cpus", str(resources.cpus),
+        "--memory", str(resources.memory_mb),
+        "--time", str(resources.time_minutes),
+        "--output-dir", output_dir,
+    ]  # fmt: skip
+    if resources.gpus:
+        args += ["--gpus", str(resources.gpus)]
+    if host:
+        args += ["--nodelist", host]
+    for extra in sbatch_args:
+        args += ["--sbatch-arg", extra]
+    check_words(args)
+    return ScriptCall("slurm_job.sh", tuple(args), timeout=timeout)
+
+
+def job_state_call(job_id: str, timeout: float) -> ScriptCall:
+    """slurm_job.sh state: the job's state, reason, queue position and node."""
+    return ScriptCall("slurm_job.sh", ("state", "--job", job_id), timeout=timeout)
+
+
+def cancel_call(job_id: str, wait: int, timeout: float) -> ScriptCall:
+    """slurm_job.sh cancel: scancel, then wait up to *wait* seconds for the job to end."""
+    return ScriptCall(
+        "slurm_job.sh", ("cancel", "--job", job_id, "--wait", str(wait)), timeout=wait + timeout
+    )
+
+
+def partitions_call(timeout: float) -> ScriptCall:
+    """slurm_job.sh partitions: the partitions sinfo shows the user, for the form."""
+    return ScriptCall("slurm_job.sh", ("partitions",), timeout=timeout)

@@ -18,7 +18,9 @@ import jinja2
 from . import calls, remote
 from .nodes import Node
 from .options import OptionsError, UserOptions, validate_user_options
+from .options import options_from_form as ssh_options_from_form
 from .resources import shared
+from .slurm_options import slurm_options_from_form
 from .status import NodeStatus
 
 _templates = jinja2.Environment(
@@ -53,7 +55,6 @@ class NodeChoice:
 
     Mixed into RemoteSingularitySpawner; uses its settings and SSH access.
     """
-
 
     async def get_nodes(self) -> list[Node]:
         """The valid nodes, parsed (and names resolved) once per node list."""
@@ -139,7 +140,12 @@ class NodeChoice:
 
 
 async def render_options_form(spawner: NodeChoice) -> str:
-    """The form: each valid node with its status, and a field for extra binds."""
+    """The form: each valid node with its status, and a field for extra binds.
+
+    With placement slurm: the partitions and the resources to ask for (slurm.py).
+    """
+    if spawner.placement == "slurm":
+        return await spawner.render_slurm_form()
     nodes = await spawner.usable_nodes()
     statuses = await spawner.node_statuses(nodes)
     return render_form(nodes, statuses, spawner.gpu_nodes, spawner.default_bind_path)
@@ -147,4 +153,14 @@ async def render_options_form(spawner: NodeChoice) -> str:
 
 async def apply_user_options(spawner: NodeChoice, user_options) -> None:
     """Refuse bad options before the spawn is scheduled (JupyterHub 5.3+)."""
-    await spawner.check_options(user_options)
+    if spawner.placement == "slurm":
+        await spawner.check_slurm_options(user_options)
+    else:
+        await spawner.check_options(user_options)
+
+
+def options_from_form(formdata, spawner=None) -> dict:
+    """The form's fields as ``user_options``: the node form's, or the Slurm form's."""
+    if spawner is not None and spawner.placement == "slurm":
+        return slurm_options_from_form(formdata)
+    return ssh_options_from_form(formdata)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import remote
 from .nodes import Node, parse_nodelist
-from .status import StatusCache
+from .status import SlurmView, StatusCache
 
 
 class SharedResources:
@@ -28,6 +28,7 @@ class SharedResources:
         self._pools: dict[tuple[float, int], remote.ConnectionPool] = {}
         self._nodes: dict[str, list[Node]] = {}
         self.status = StatusCache()
+        self.partitions = StatusCache(unknown=lambda error: SlurmView(error=error))
         # How pools open connections (tests put a fake SSH here before any spawner runs).
         self.opener: remote.pool.Opener | None = None
 
@@ -74,6 +75,7 @@ class SharedResources:
             self._executors.clear()
             self._nodes.clear()
             self.status = StatusCache()
+            self.partitions = StatusCache(unknown=lambda error: SlurmView(error=error))
         for pool in pools:
             pool.close_all()
         for executor in executors:

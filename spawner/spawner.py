@@ -13,6 +13,11 @@ One spawn, in the order it happens:
    state keeps (state.py); with internal_ssl the certificates go to the node
    first (certs.py).
 
+With ``placement = "slurm"`` (slurm.py) the user picks a partition and
+resources instead of a node; ``start`` first submits a job that holds the
+allocation and waits for its node, then starts the server there as a step of
+the job; poll, stop and a failed start also end the job.
+
 Threads, SSH connections and caches are shared by all spawners of the Hub
 (resources.py). This class gathers the values and orchestrates; it builds no
 command line and holds no socket.
@@ -24,15 +29,29 @@ import asyncio
 import time
 
 from jupyterhub.spawner import Spawner
-from traitlets import Bool, Callable, Enum, Float, Integer, List, Tuple, Unicode, Union, default, validate
+from traitlets import (
+    Bool,
+    Callable,
+    Dict,
+    Enum,
+    Float,
+    Integer,
+    List,
+    Tuple,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 
 from . import calls, remote
 from . import progress as progress_mod
-from . import state as server_state
 from .access import NodeAccess
 from .certs import InternalTLS
-from .form import NodeChoice, apply_user_options, render_options_form
-from .options import OptionsError, options_from_form, parse_binds
+from .form import NodeChoice, apply_user_options, options_from_form, render_options_form
+from .options import OptionsError, parse_binds
+from .slurm import SlurmPlacement
+from .state import KeptState
 
 # Clean-ups that outlive the coroutine that started them (asyncio keeps only weak references).
 _background_tasks: set[asyncio.Task] = set()
@@ -44,8 +63,52 @@ def _start_on_node(session: remote.NodeSession, call: remote.ScriptCall, label: 
     return session.call(call, on_progress=report), session.version
 
 
-class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
-    """Start single-user servers in Singularity/Apptainer on a node the user picks."""
+class RemoteSingularitySpawner(KeptState, SlurmPlacement, NodeAccess, NodeChoice, InternalTLS, Spawner):
+    """Start single-user servers in Singularity/Apptainer on a node the user picks
+    (placement "ssh") or that Slurm allocates (placement "slurm")."""
+
+    placement = Enum(
+        ["ssh", "slurm"],
+        default_value="ssh",
+        help="""How the node is chosen. "ssh": the user picks one of nodelist and the server
+        is started there over SSH. "slurm": the user picks a partition and resources
+        (cores, memory, GPUs, time limit); a job submitted as the user on
+        slurm_submit_host holds the allocation, and the server runs as a step of that job
+        (`srun --overlap`) on the node Slurm allocated, started over SSH as with "ssh".
+        The job is cancelled when the server stops. Raise start_timeout to what users may
+        wait in the queue.""",
+    ).tag(config=True)
+
+    slurm_submit_host = Unicode(
+        "",
+        help="""placement slurm: where users run sbatch, squeue, scancel and sinfo over SSH (a
+        login node), as a nodelist record `name:ip` or `name:`. Default: the first valid node
+        of nodelist.""",
+    ).tag(config=True)
+
+    slurm_partitions = Union(
+        [List(Unicode()), Dict()],
+        default_value=[],
+        help="""placement slurm: the partitions users may choose, a list of names or a dict of
+        name -> limits, e.g. {"debug": {"cpus": 4, "memory": "8G", "gpus": 0, "time":
+        "2:00:00"}, "gpu": {}}. Limits are upper bounds on what a user may ask for, on top of
+        the partition's own (a node's CPUs and memory, its MaxTime). Empty: every partition
+        sinfo shows the user.""",
+    ).tag(config=True)
+
+    slurm_default_resources = Dict(
+        {"cpus": 1, "memory": "1G", "gpus": 0, "time": "1:00:00"},
+        help="""placement slurm: what a job asks for when the user leaves a field empty: cpus,
+        memory ("4G", "512M"), gpus and time ("H:MM:SS" or minutes). A default above a
+        partition's limit is lowered to it.""",
+    ).tag(config=True)
+
+    slurm_sbatch_args = List(
+        Unicode(),
+        help="""placement slurm: extra sbatch options of the site, each one word `--name=value`,
+        e.g. ['--account=jupyter', '--qos=interactive']. Options the spawner sets itself
+        (partition, resources, time, job name, output) are refused.""",
+    ).tag(config=True)
 
     singularity_exe_path = Unicode(
         "singularity",
@@ -218,7 +281,7 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
     scripts_dir = Unicode(
         "",
         help="""Directory holding the node scripts (start_singleuser.sh, check_pid.sh, stop.sh,
-        node_status.sh, check_node.sh, put_files.sh and common.sh).
+        node_status.sh, check_node.sh, put_files.sh, trust_ca.sh, slurm_job.sh and common.sh).
         Default: the copies shipped with this package. Point it at an edited copy to change
         what runs on the nodes; the scripts are read when first used (restart the Hub after
         editing them) and a changed script is uploaded as a new version.""",
@@ -299,6 +362,8 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
     log_path = Unicode("")
     login = Unicode("")
     certs_dir = Unicode("")
+    job_id = Unicode("")
+    partition = Unicode("")
 
     # The clock of the poll grace period (tests set their own).
     clock = staticmethod(time.monotonic)
@@ -312,31 +377,6 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
         super().__init__(**kwargs)
         self._steps = progress_mod.Progress()
 
-    def get_state(self):
-        state = super().get_state()
-        if self.pid:
-            state.update(server_state.dump({name: getattr(self, name) for name in server_state.FIELDS}))
-        return state
-
-    def load_state(self, state):
-        super().load_state(state)
-        if not state.get("pid"):
-            return
-        try:
-            values = server_state.restore(state)
-        except server_state.StateError as e:
-            self.log.error("RemoteSingularitySpawner: cannot load the state of %s: %s", self._log_name, e)
-            return
-        for name, value in values.items():
-            setattr(self, name, value)
-
-    def clear_state(self):
-        super().clear_state()
-        for name in server_state.FIELDS:
-            setattr(self, name, self.trait_defaults(name))
-        self._unreachable_since = None
-        self._steps.clear()
-
     # --- start ---------------------------------------------------------------------------
 
     async def start(self):
@@ -344,14 +384,14 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
 
         Raises SpawnException with a sentence naming the node and the cause.
         """
-        self._starting = True
+        self._starting, self._start_began = True, self.clock()
         self._steps.restart()
         try:
             return await self._start()
         except Exception:
-            # A server that did not start needs no certificates (the Hub
+            # A server that did not start needs no certificates and no job (the Hub
             # calls stop() only for a server that poll() says is running).
-            await self._remove_certs(*self._certs_location())
+            await self._release()
             raise
         finally:
             self._starting = False
@@ -363,8 +403,6 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
                 "the Hub is not configured: c.RemoteSingularitySpawner.singularity_container_path is empty",
                 reason="config",
             )
-        node, options = await self.check_options(self.user_options)
-        login = self._login()
         try:
             default_binds = parse_binds(self.default_bind_path)
         except OptionsError as e:
@@ -372,6 +410,8 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
                 f"the Hub is misconfigured: c.RemoteSingularitySpawner.default_bind_path: {e}",
                 reason="config",
             ) from None
+        node, binds, job = await self._place()
+        login = self._login()
         self.ip, self.port = node.address, 0
         gpu_args = self.gpu_singularity_args if node.label in self.gpu_nodes else []
         try:
@@ -380,11 +420,12 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
                 image=self.singularity_container_path,
                 server_dir=self._server_dir(),
                 port_range=self.port_range,
-                timeout=max(5, int(self.start_timeout - self.ssh_connect_timeout - 5)),
+                timeout=max(5, int(self._time_left() - self.ssh_connect_timeout - 5)),
                 singularity_args=[*self.singularity_args, *gpu_args],
-                binds=[*default_binds, *options.binds],
+                binds=[*default_binds, *binds],
                 command=[*self.cmd, *self.get_args()],
                 env=self.get_env(),
+                slurm_job=job,
             )
         except ValueError as e:
             raise self._fail(f"the Hub is misconfigured: {e}", reason="config") from None
@@ -428,14 +469,18 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
         self._steps.report(90, f"the server is up on {node.label}; waiting for it to answer the Hub")
         self.log.info(
             "Started %s on %s: pid %d, port %d, log %s",
-            self._log_name, node.label, self.pid, self.port, self.log_path,
+            self._log_name,
+            node.label,
+            self.pid,
+            self.port,
+            self.log_path,
         )
         return (node.address, self.port)
 
     async def _stop_late_start(self, future, target):
         """Stop what a start the Hub gave up on (or stopped) started, once it returns."""
-        # The Hub clears the state before this is done: remember where the certificates are.
-        certs_location = self._certs_location()
+        # The Hub clears the state before this is done: remember the certificates and job.
+        certs_location, job = self._certs_location(), (self.job_id, self.login)
         try:
             reply, _ = await future
             pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
@@ -447,7 +492,7 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
                 await self._on_node(target, remote.NodeSession.call, self._stop_call(pid, start_time))
         except Exception as e:  # noqa: BLE001 - a background clean-up logs whatever failed
             self.log.error("Could not clean up the late start of %s: %s", self._log_name, self._explain(e))
-        await self._remove_certs(*certs_location)
+        await self._release(certs_location, job)
 
     def _stop_call(self, pid, start_time, now=False) -> remote.ScriptCall:
         return calls.stop_call(
@@ -478,7 +523,7 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
         if reply.exit_code == remote.ExitCode.NOT_RUNNING:
             self.log.info("%s on %s is no longer running", self._log_name, self.node)
             # The Hub calls stop() only for a running server: clean up here.
-            await self._remove_certs(*self._certs_location())
+            await self._release()
             return 0
         return await self._unreachable(f"check_pid.sh failed (exit code {reply.exit_code}): {reply.stderr}")
 
@@ -505,8 +550,13 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
         except Exception as e:  # noqa: BLE001 - the Hub forgets the server either way
             self.log.error(
                 "Cannot stop %s (pid %d on %s): %s. It may still be running there.",
-                self._log_name, self.pid, self.node, self._explain(e),
+                self._log_name,
+                self.pid,
+                self.node,
+                self._explain(e),
             )
+            if self.job_id:  # scancel ends the server wherever it runs
+                await self._cancel_job(self.job_id, self.login)
             return
         if reply.exit_code != remote.ExitCode.OK:
             raise RuntimeError(
@@ -515,7 +565,7 @@ class RemoteSingularitySpawner(NodeAccess, NodeChoice, InternalTLS, Spawner):
             )
         self.log.info("Stopped %s on %s (%s)", self._log_name, self.node, reply.data.get("signal", "?"))
         self.pid = 0
-        await self._remove_certs(*self._certs_location())
+        await self._release()
 
     # --- progress --------------------------------------------------------------------------
 

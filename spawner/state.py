@@ -8,7 +8,7 @@ spawner knows is refused (the server is then not recognised as running).
 
 from __future__ import annotations
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 # name -> what it holds (all strings or integers, JSON as the Hub stores them).
 FIELDS = {
@@ -21,7 +21,10 @@ FIELDS = {
     "log_path": "the server's log on the node",
     "login": "the login name on the node",
     "certs_dir": "internal_ssl: the directory on the node with the server's key, certificate and CA",
+    "job_id": "placement slurm: the Slurm job the server runs in (cancelled when it stops); '' otherwise",
+    "partition": "placement slurm: the job's partition",
 }
+# Version history: 1 had no job_id and partition (no Slurm placement); 2 added them.
 
 
 class StateError(ValueError):
@@ -42,5 +45,40 @@ def restore(state: dict) -> dict:
             "was the Hub downgraded? The server is not recognised; stop it on the node by hand "
             f"(its pid {state.get('pid')!r} on {state.get('node')!r})"
         )
-    # Upgrades of older versions go here, one step at a time (none yet: 1 is the first).
-    return {name: state[name] for name in FIELDS if name in state}
+    values = {name: state[name] for name in FIELDS if name in state}
+    # Upgrades of older versions, one step at a time.
+    if version < 2:
+        values.update(job_id="", partition="")
+    return values
+
+
+class KeptState:
+    """The spawner's get_state, load_state and clear_state, from FIELDS.
+
+    Mixed into RemoteSingularitySpawner, whose traits of the same names hold the values.
+    """
+
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            state.update(dump({name: getattr(self, name) for name in FIELDS}))
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        if not state.get("pid"):
+            return
+        try:
+            values = restore(state)
+        except StateError as e:
+            self.log.error("RemoteSingularitySpawner: cannot load the state of %s: %s", self._log_name, e)
+            return
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def clear_state(self):
+        super().clear_state()
+        for name in FIELDS:
+            setattr(self, name, self.trait_defaults(name))
+        self._unreachable_since = None
+        self._steps.clear()

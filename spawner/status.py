@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 StatusKey = tuple[str, str]
 
@@ -62,15 +63,30 @@ class NodeStatus:
         return ", ".join(parts) or "status unknown"
 
 
+@dataclass(frozen=True)
+class SlurmView:
+    """placement slurm: the partitions sinfo showed a user, or why they could not be asked."""
+
+    partitions: dict = field(default_factory=dict)  # name -> slurm_options.Partition
+    error: str = ""
+
+
 class StatusCache:
-    """Node statuses by (address, login), each with the time it was learnt.
+    """Node statuses by (address, login) (or what else is fetched per key, e.g. the
+    Slurm partitions a user sees), each with the time it was learnt.
 
     *clock* is injectable (tests); a slow node is asked once, however many
     forms open meanwhile.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        unknown: Callable[[str], Any] = lambda error: NodeStatus(reachable=False, error=error),
+    ) -> None:
         self.clock = clock
+        # What a fetch that failed or did not answer in time gives, from its error.
+        self.unknown = unknown
         self._lock = threading.Lock()
         self._known: dict[StatusKey, tuple[float, NodeStatus]] = {}
         self._asking: dict[StatusKey, Future] = {}
@@ -111,7 +127,7 @@ class StatusCache:
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(asking)), timeout)
         except asyncio.TimeoutError:
-            status = NodeStatus(reachable=False, error=f"no answer within {timeout:g} s")
+            status = self.unknown(f"no answer within {timeout:g} s")
             with self._lock:
                 # Refused as the form showed it, until the late answer replaces this.
                 if not asking.done():
@@ -121,8 +137,7 @@ class StatusCache:
     def _store(self, key: StatusKey, done: Future) -> None:
         """Keep a finished fetch's answer (runs in the worker thread)."""
         error = done.exception()
-        status = done.result() if error is None else NodeStatus(reachable=False, error=str(error))
+        status = done.result() if error is None else self.unknown(str(error))
         with self._lock:
             self._known[key] = (self.clock(), status)
             self._asking.pop(key, None)
-

@@ -355,6 +355,28 @@ def run_certificates(c, s: Settings, workdir: Path, say: Callable[[str], None]) 
     return out
 
 
+SLURM_CONFIG = """
+c.RemoteSingularitySpawner.placement = "slurm"
+c.RemoteSingularitySpawner.slurm_default_resources = {"cpus": 1, "memory": "256M", "time": "0:10:00"}
+"""
+
+
+def run_slurm(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
+    """Spawn latency with placement slurm on the idle cluster: submit, allocate, start in the job."""
+    import slurm_cluster  # noqa: PLC0415
+
+    say("slurm: bringing up slurmctld and the slurmd's")
+    slurm_cluster.up()
+    slurm_cluster.cancel_all()
+    servers = [Server(USERS[i % len(USERS)], f"slurm-{i}", {"partition": "debug"}) for i in range(s.spawns)]
+    try:
+        with running(new_hub(c, workdir, 500, SLURM_CONFIG)) as hub:
+            say(f"slurm: {s.spawns} spawns one at a time")
+            return {"latency": latencies(hub, servers)}
+    finally:
+        slurm_cluster.cancel_all()
+
+
 def run_local(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
     singleuser = str(c.venv / "bin" / "jupyterhub-singleuser")
     out: dict = {}
@@ -390,9 +412,10 @@ def machine() -> dict:
     }
 
 
-def rows(s: Settings, ours: dict, local: dict, certs: dict) -> list[dict]:
+def rows(s: Settings, ours: dict, local: dict, certs: dict, slurm: dict) -> list[dict]:
     """The table: each measurement, its reference, the target and whether it is met."""
-    lat, llat, clat = ours["latency"], local["latency"], certs["latency"]
+    lat, llat, clat, slat = ours["latency"], local["latency"], certs["latency"], slurm["latency"]
+    slurm_overhead = slat["median_s"] - lat["median_s"]
     cert_overhead = clat["median_s"] - lat["median_s"]
     signing_ms = certs["signing"]["median_ms"]
     overhead = lat["median_s"] - llat["median_s"]
@@ -460,6 +483,13 @@ def rows(s: Settings, ours: dict, local: dict, certs: dict) -> list[dict]:
             "met": signing_ms <= 2,
         },
         {
+            "measure": f"spawn latency with placement slurm, idle cluster, median of {s.spawns} (s)",
+            "ours": f"{slat['median_s']:.2f}",
+            "reference": f"placement ssh {lat['median_s']:.2f}; difference {slurm_overhead:+.2f}",
+            "target": "difference <= 1.5 s",
+            "met": slurm_overhead <= 1.5,
+        },
+        {
             "measure": f"Hub memory with {s.servers} servers (MiB)",
             "ours": f"{ours['rss_n_bytes'] / MIB:.1f}",
             "reference": f"none {ours['rss_none_bytes'] / MIB:.1f}; {per_server / MIB:+.2f} per server",
@@ -496,9 +526,10 @@ def run(settings: Settings, json_path: Path, command: str) -> dict:
         ours = run_ours(c, settings, workdir / "ours", say)
         local = run_local(c, settings, workdir / "local", say)
         certs = run_certificates(c, settings, workdir / "certs", say)
+        slurm = run_slurm(c, settings, workdir / "slurm", say)
         shutil.rmtree(workdir, ignore_errors=True)
     info["load_average_at_end"] = os.getloadavg()
-    table_rows = rows(settings, ours, local, certs)
+    table_rows = rows(settings, ours, local, certs, slurm)
     results = {
         "command": command,
         "machine": info,
@@ -506,6 +537,7 @@ def run(settings: Settings, json_path: Path, command: str) -> dict:
         "ours": ours,
         "local": local,
         "certificates": certs,
+        "slurm": slurm,
         "table": table_rows,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)

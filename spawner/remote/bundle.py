@@ -23,6 +23,7 @@ SCRIPT_FILES = (
     "check_node.sh",
     "put_files.sh",
     "trust_ca.sh",
+    "slurm_job.sh",
 )
 # Where `invoke deploy` installs the scripts on each node (the spawner's default too).
 DEFAULT_NODE_SCRIPTS_DIR = "/opt/remote-singularity-spawner/scripts"

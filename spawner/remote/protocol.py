@@ -41,6 +41,7 @@ class ExitCode(IntEnum):
     STOP_FAILED = 8
     NO_SCRIPTS = 9
     CANNOT_WRITE = 10
+    SLURM = 11
     USAGE = 64
 
 

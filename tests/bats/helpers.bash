@@ -267,3 +267,51 @@ start_ok() {
   PORT=$(json_field "${output}" port)
   START=$(json_field "${output}" start_time)
 }
+
+# --- stand-ins for other commands (Slurm's) ----------------------------------------------
+
+#######################################
+# Write an executable stand-in for COMMAND into ${BATS_TEST_TMPDIR}/stand-ins,
+# which goes first on PATH. Each call records its argv, NUL-separated, in
+# stand-ins/COMMAND.N.argv (N = 1, 2, ...), then runs the bash body read
+# from stdin (what the test wants it to answer).
+# Globals:
+#   BATS_TEST_TMPDIR, PATH
+# Arguments:
+#   COMMAND
+#######################################
+stand_in() {
+  local dir="${BATS_TEST_TMPDIR}/stand-ins"
+  mkdir -p "${dir}"
+  [[ ":${PATH}:" == *":${dir}:"* ]] || PATH="${dir}:${PATH}"
+  {
+    printf '#!/usr/bin/env bash\nlog=%q\n' "${dir}/$1"
+    cat <<'HEAD'
+n=1
+while [[ -e "${log}.${n}.argv" ]]; do n=$((n + 1)); done
+printf '%s\0' "$@" >"${log}.${n}.argv"
+HEAD
+    cat
+  } >"${dir}/$1"
+  chmod +x "${dir}/$1"
+}
+
+#######################################
+# Print the argv of call N (default 1) of a stand-in, one word a line.
+# Arguments:
+#   COMMAND, N (optional)
+#######################################
+stand_in_argv() {
+  tr '\0' '\n' <"${BATS_TEST_TMPDIR}/stand-ins/$1.${2:-1}.argv"
+}
+
+#######################################
+# Print how many times a stand-in was called.
+# Arguments:
+#   COMMAND
+#######################################
+stand_in_calls() {
+  local n=0
+  while [[ -e "${BATS_TEST_TMPDIR}/stand-ins/$1.$((n + 1)).argv" ]]; do n=$((n + 1)); done
+  printf '%s\n' "${n}"
+}

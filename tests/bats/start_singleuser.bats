@@ -219,6 +219,30 @@ hub_env_start_with_image() {
   [ -z "$(left_alive)" ]
 }
 
+@test "--slurm-job: the server starts as a step of the job, through srun" {
+  # The stand-in srun logs its argv and runs what follows "--" in its place.
+  stand_in srun <<<'while (($#)) && [ "$1" != -- ]; do shift; done; shift; exec "$@"'
+  start_ok --slurm-job 42
+  [ "$(stand_in_argv srun | head -n 8)" = "$(printf '%s\n' --jobid=42 --overlap --nodes=1 --ntasks=1 \
+    --quiet --kill-on-bad-exit=1 -- "${TEST_BIN}/singularity")" ]
+  [ "$(stand_in_argv srun | sed -n '9p;$p')" = "$(printf '%s\n' exec fake-singleuser)" ]
+  [[ "${stderr}" == *"@progress 40 starting the container jupyter.sif in Slurm job 42"* ]]
+  [ "$(cat "${HOME}/${SERVER_DIR}/server.pid")" = "${PID} ${START} ${PORT}" ]
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
+}
+
+@test "--slurm-job without srun on PATH: exit 64 naming srun, nothing started" {
+  mkdir -p "${BATS_TEST_TMPDIR}/empty"
+  run -64 --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | PATH='${BATS_TEST_TMPDIR}/empty' \
+    '${BASH}' '${SCRIPTS}/start_singleuser.sh' --exe '${TEST_BIN}/singularity' --image '${IMAGE}' \
+    --server-dir x --slurm-job 42 -- fake-singleuser"
+  [[ "${stderr}" == *"srun not found on PATH"* && "${stderr}" == *"--slurm-job"* ]]
+  [ ! -e "${HOME}/x" ]
+  run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y \
+    --slurm-job 'x;id' -- cmd
+  [[ "${stderr}" == *"--slurm-job needs a non-negative integer"* ]]
+}
+
 @test "usage errors exit 64 with a message" {
   run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --image x --server-dir y -- cmd
   [[ "${stderr}" == *"--exe, --image and --server-dir are required"* ]]

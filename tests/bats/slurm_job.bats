@@ -1,0 +1,297 @@
+#!/usr/bin/env bats
+# slurm_job.sh against stand-in sbatch, squeue, scancel and sinfo (helpers.bash:
+# stand_in), which record their argv and answer what each test scripts.
+# SC2016: single-quoted $ and backquotes are meant literally (stand-in bodies, hostile values).
+# SC2154: bats' `run --separate-stderr` assigns stderr; the stand-ins' header sets n.
+# shellcheck disable=SC2016,SC2154
+
+bats_require_minimum_version 1.5.0
+
+load helpers
+
+setup() { common_setup; }
+teardown() { common_teardown; }
+
+slurm_job() {
+  bash "${SCRIPTS}/slurm_job.sh" "$@"
+}
+
+# slurm_job.sh with a PATH that finds no Slurm command (nor anything else).
+slurm_job_without_slurm() {
+  mkdir -p "${BATS_TEST_TMPDIR}/empty"
+  PATH="${BATS_TEST_TMPDIR}/empty" "${BASH}" "${SCRIPTS}/slurm_job.sh" "$@"
+}
+
+# json_is ACTUAL EXPECTED: the two JSON texts hold the same value.
+json_is() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+actual, expected = (json.loads(text) for text in sys.argv[1:])
+if actual != expected:
+    sys.exit(f"got      {json.dumps(actual)}\nexpected {json.dumps(expected)}")
+PY
+}
+
+# words WORD...: the words one a line, as stand_in_argv prints an argv.
+words() {
+  printf '%s\n' "$@"
+}
+
+submit() {
+  slurm_job submit --job-name jupyter-alice --partition debug --cpus 2 --memory 1500 --time 60 \
+    --output-dir .rss/slurm "$@"
+}
+
+# --- submit -------------------------------------------------------------------------------
+
+@test "submit: sbatch gets one word per value, site options before --wrap; the reply is the job id" {
+  stand_in sbatch <<<'printf "123;cluster1\n"'
+  run -0 --separate-stderr submit --sbatch-arg --account=proj1 --sbatch-arg '--comment=a b'
+  [ "${output}" = '{"job_id": "123"}' ]
+  [ "$(stand_in_argv sbatch)" = "$(words --parsable --job-name=jupyter-alice --partition=debug \
+    --nodes=1 --ntasks=1 --cpus-per-task=2 --mem=1500M --time=60 \
+    "--output=${HOME}/.rss/slurm/slurm-%j.log" "--chdir=${HOME}" --account=proj1 '--comment=a b' \
+    '--wrap=exec sleep infinity')" ]
+  [ "$(stat -c %a "${HOME}/.rss/slurm")" = 700 ]
+}
+
+@test "submit: --gpus and --nodelist are passed when given; --gpus 0 is not passed" {
+  stand_in sbatch <<<'printf "7\n"'
+  run -0 --separate-stderr submit --gpus 2 --nodelist rss-node2 --output-dir "${HOME}/abs dir"
+  [ "${output}" = '{"job_id": "7"}' ]
+  run -0 grep -c -e '^--gpus=2$' -e '^--nodelist=rss-node2$' < <(stand_in_argv sbatch)
+  [ "${output}" = 2 ]
+  [ "$(stand_in_argv sbatch | grep '^--output=')" = "--output=${HOME}/abs dir/slurm-%j.log" ]
+  run -0 --separate-stderr submit --gpus 0
+  run ! grep -q -e '^--gpus' -e '^--nodelist' < <(stand_in_argv sbatch 2)
+}
+
+@test "submit: sbatch's own error is passed on with exit 11" {
+  stand_in sbatch <<'EOF'
+printf 'sbatch: error: Batch job submission failed: Invalid partition name specified\n' >&2
+exit 1
+EOF
+  run -11 --separate-stderr submit
+  [ "${output}" = "" ]
+  [[ "${stderr}" == *"sbatch: error: Batch job submission failed: Invalid partition name specified"* ]]
+}
+
+@test "submit: an answer that is not a job id is exit 11" {
+  stand_in sbatch <<<'printf "Submitted batch job\n"'
+  run -11 --separate-stderr submit
+  [[ "${stderr}" == *"sbatch answered 'Submitted batch job', not a job id"* ]]
+}
+
+@test "submit: no sbatch on PATH is exit 11 saying so; nothing is created" {
+  run -11 --separate-stderr slurm_job_without_slurm submit --job-name j --partition debug --cpus 1 \
+    --memory 100 --time 5 --output-dir .rss/slurm
+  [ "${stderr}" = "slurm_job.sh: sbatch not found on PATH (is the Slurm client installed on this host?)" ]
+  [ ! -e "${HOME}/.rss" ]
+}
+
+@test "submit: hostile values travel as one word each and nothing runs them" {
+  stand_in sbatch <<<'printf "9\n"'
+  local pwned="${BATS_TEST_TMPDIR}/pwned"
+  run -0 --separate-stderr submit --partition "debug;touch ${pwned}" --job-name "\$(touch ${pwned})" \
+    --sbatch-arg "--comment=\`touch ${pwned}\`"
+  run -0 grep -cxF -e "--partition=debug;touch ${pwned}" -e "--job-name=\$(touch ${pwned})" \
+    -e "--comment=\`touch ${pwned}\`" < <(stand_in_argv sbatch)
+  [ "${output}" = 3 ]
+  [ ! -e "${pwned}" ]
+}
+
+@test "submit: numbers and names are checked before anything runs: exit 64" {
+  stand_in sbatch <<<'printf "9\n"'
+  run -64 --separate-stderr submit --cpus 'x;id'
+  [[ "${stderr}" == *"--cpus needs a non-negative integer, got 'x;id'"* ]]
+  run -64 --separate-stderr submit --gpus -1
+  run -64 --separate-stderr submit --memory 0
+  [[ "${stderr}" == *"--cpus, --memory and --time must be more than 0"* ]]
+  run -64 --separate-stderr submit --time 00
+  run -64 --separate-stderr submit --partition ''
+  [[ "${stderr}" == *"--job-name, --partition and --output-dir are required"* ]]
+  run -64 --separate-stderr submit --nodelist ''
+  [[ "${stderr}" == *"--nodelist needs a host name"* ]]
+  run -64 --separate-stderr submit --bogus 1
+  [ "$(stand_in_calls sbatch)" = 0 ]
+}
+
+# --- state --------------------------------------------------------------------------------
+
+@test "state: a pending job, with its place among the partition's pending jobs" {
+  stand_in squeue <<'EOF'
+case "$*" in
+  "-h -j 42 -o %T|%r|%N|%P") printf 'PENDING|Priority||debug\n' ;;
+  "-h -p debug -t PENDING --sort=-p,i -o %i") printf '40\n41\n42\n43\n' ;;
+  *) exit 99 ;;
+esac
+EOF
+  run -0 --separate-stderr slurm_job state --job 42
+  [ "${output}" = '{"job_id": "42", "state": "PENDING", "reason": "Priority", "node": "", "address": "", "partition": "debug", "position": 3}' ]
+}
+
+@test "state: a pending job not in the pending list is at position 0" {
+  stand_in squeue <<'EOF'
+case "$*" in
+  *" -j 42 "*) printf 'PENDING|BeginTime||debug\n' ;;
+  *) printf '40\n' ;;
+esac
+EOF
+  run -0 --separate-stderr slurm_job state --job 42
+  [ "$(json_field "${output}" position)" = 0 ]
+}
+
+@test "state: a running job, with its node and the node's address" {
+  stand_in squeue <<<'printf "RUNNING|None|rss-node1|debug\n"'
+  stand_in sinfo <<'EOF'
+[ "$*" = "-h -N -n rss-node1 -o %o" ] || exit 99
+printf '10.213.47.11\n10.213.47.11\n'
+EOF
+  run -0 --separate-stderr slurm_job state --job 42
+  [ "${output}" = '{"job_id": "42", "state": "RUNNING", "reason": "None", "node": "rss-node1", "address": "10.213.47.11", "partition": "debug", "position": 0}' ]
+}
+
+@test "state: a job Slurm no longer knows is GONE, exit 0" {
+  stand_in squeue <<'EOF'
+printf 'slurm_load_jobs error: Invalid job id specified\n' >&2
+exit 1
+EOF
+  run -0 --separate-stderr slurm_job state --job 42
+  [ "${output}" = '{"job_id": "42", "state": "GONE", "reason": "", "node": "", "address": "", "partition": "", "position": 0}' ]
+  stand_in squeue <<<'exit 0'
+  run -0 --separate-stderr slurm_job state --job 42
+  [ "$(json_field "${output}" state)" = GONE ]
+}
+
+@test "state: squeue failing otherwise, or missing, is exit 11 with its message" {
+  stand_in squeue <<'EOF'
+printf 'squeue: error: Unable to contact slurm controller (connect failure)\n' >&2
+exit 1
+EOF
+  run -11 --separate-stderr slurm_job state --job 42
+  [[ "${stderr}" == *"squeue: error: Unable to contact slurm controller (connect failure)"* ]]
+  run -11 --separate-stderr slurm_job_without_slurm state --job 42
+  [[ "${stderr}" == *"squeue not found on PATH"* ]]
+  run -64 --separate-stderr slurm_job state --job '42;id'
+}
+
+# --- cancel -------------------------------------------------------------------------------
+
+@test "cancel: scancel, then wait until the job has left the queue" {
+  stand_in scancel <<<'exit 0'
+  stand_in squeue <<<'if ((n <= 2)); then printf "COMPLETING\n"; fi'
+  run -0 --separate-stderr slurm_job cancel --job 42
+  [ "${output}" = '{"job_id": "42", "state": "GONE"}' ]
+  [ "$(stand_in_argv scancel)" = 42 ]
+  [ "$(stand_in_argv squeue 3)" = "$(words -h -j 42 -o %T)" ]
+}
+
+@test "cancel: a job that has ended but is still listed is done" {
+  stand_in scancel <<<'exit 0'
+  stand_in squeue <<<'printf "CANCELLED\n"'
+  run -0 --separate-stderr slurm_job cancel --job 42
+  [ "${output}" = '{"job_id": "42", "state": "CANCELLED"}' ]
+}
+
+@test "cancel: a second cancel succeeds (idempotent)" {
+  stand_in scancel <<'EOF'
+printf 'scancel: error: Kill job error on job id 42: Invalid job id specified\n' >&2
+exit 1
+EOF
+  stand_in squeue <<'EOF'
+printf 'slurm_load_jobs error: Invalid job id specified\n' >&2
+exit 1
+EOF
+  run -0 --separate-stderr slurm_job cancel --job 42
+  [ "${output}" = '{"job_id": "42", "state": "GONE"}' ]
+  stand_in scancel <<'EOF'
+printf 'scancel: error: Kill job error on job id 42: Job/step already completing or completed\n' >&2
+exit 1
+EOF
+  run -0 --separate-stderr slurm_job cancel --job 42
+}
+
+@test "cancel: a job still running after --wait is exit 11 naming its state" {
+  stand_in scancel <<<'exit 0'
+  stand_in squeue <<<'printf "RUNNING\n"'
+  local began=${EPOCHREALTIME/./}
+  run -11 --separate-stderr slurm_job cancel --job 42 --wait 1
+  local waited=$((${EPOCHREALTIME/./} - began))
+  [ "${stderr}" = "slurm_job.sh: job 42 is still RUNNING after 1s" ]
+  ((waited >= 900000 && waited < 5000000))
+  [ "$(stand_in_calls squeue)" -ge 5 ]
+}
+
+@test "cancel: scancel failing otherwise is exit 11 with its message" {
+  stand_in scancel <<'EOF'
+printf 'scancel: error: Kill job error on job id 42: Access/permission denied\n' >&2
+exit 1
+EOF
+  run -11 --separate-stderr slurm_job cancel --job 42
+  [[ "${stderr}" == *"Access/permission denied"* ]]
+}
+
+# --- partitions ---------------------------------------------------------------------------
+
+@test "partitions: sinfo's lines are summed per partition, per-node values are the max" {
+  stand_in sinfo <<'EOF'
+case "$*" in
+  "-h -o %P|%a|%F|%C|%c|%m|%G|%l")
+    printf '%s\n' \
+      'debug*|up|1/1/0/2|1/3/0/4|2|2000|(null)|1:00:00' \
+      'debug*|up|0/0/1/1|0/0/2/2|2|2000|(null)|1:00:00' \
+      'gpu|up|0/1/0/1|0/8/0/8|8|64000+|gpu:a100:4(S:0,1),gpu:v100:2,mps:100|2-00:00:00' \
+      'gpu|up|1/0/0/1|16/0/0/16|16|128000|gpu:4|2-00:00:00' \
+      'long|down|0/0/0/0|0/0/0/0|0|0|(null)|infinite' ;;
+  "-h -N -o %P|%N")
+    printf '%s\n' 'debug*|rss-node1' 'debug*|rss-node2' 'debug*|rss-node3' 'gpu|gpu1' 'gpu|gpu2' 'gpu|gpu1' ;;
+  *) exit 99 ;;
+esac
+EOF
+  run -0 --separate-stderr slurm_job partitions
+  [ "$(wc -l <<<"${output}")" = 1 ]
+  json_is "${output}" '{"partitions": [
+    {"name": "debug", "default": true, "available": true, "nodes": ["rss-node1", "rss-node2", "rss-node3"],
+     "nodes_idle": 1, "nodes_total": 3, "cpus_idle": 3, "cpus_total": 6, "cpus_per_node": 2,
+     "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time_minutes": 60},
+    {"name": "gpu", "default": false, "available": true, "nodes": ["gpu1", "gpu2"],
+     "nodes_idle": 1, "nodes_total": 2, "cpus_idle": 8, "cpus_total": 24, "cpus_per_node": 16,
+     "memory_mb_per_node": 128000, "gpus_per_node": 6, "max_time_minutes": 2880},
+    {"name": "long", "default": false, "available": false, "nodes": [],
+     "nodes_idle": 0, "nodes_total": 0, "cpus_idle": 0, "cpus_total": 0, "cpus_per_node": 0,
+     "memory_mb_per_node": 0, "gpus_per_node": 0, "max_time_minutes": null}]}'
+}
+
+@test "partitions: Slurm's time limit formats in minutes, seconds rounded up" {
+  local -a limits=(30 30:00 30:01 1:00:00 01:30:01 1-00 1-02 1-02:30 2-00:00:01 infinite UNLIMITED)
+  local limit i=0
+  for limit in "${limits[@]}"; do
+    printf 'p%s|up|0/1/0/1|0/2/0/2|2|100|(null)|%s\n' "$((i++))" "${limit}"
+  done >"${BATS_TEST_TMPDIR}/sinfo.out"
+  stand_in sinfo <<EOF
+[[ "\$*" == *-N* ]] || cat '${BATS_TEST_TMPDIR}/sinfo.out'
+EOF
+  run -0 --separate-stderr slurm_job partitions
+  run -0 python3 -c 'import json,sys; print(json.dumps([p["max_time_minutes"] for p in json.loads(sys.argv[1])["partitions"]]))' \
+    "${output}"
+  [ "${output}" = '[30, 30, 31, 60, 91, 1440, 1560, 1590, 2881, null, null]' ]
+}
+
+@test "partitions: sinfo failing is exit 11 with its message" {
+  stand_in sinfo <<'EOF'
+printf 'sinfo: error: slurm_load_partitions: Unable to contact slurm controller (connect failure)\n' >&2
+exit 1
+EOF
+  run -11 --separate-stderr slurm_job partitions
+  [[ "${stderr}" == *"slurm_load_partitions: Unable to contact slurm controller"* ]]
+}
+
+# --- the command line ---------------------------------------------------------------------
+
+@test "an unknown or missing command is exit 64; --help lists the commands" {
+  run -64 --separate-stderr slurm_job
+  run -64 --separate-stderr slurm_job bogus
+  [[ "${stderr}" == *"unknown command 'bogus'"* ]]
+  run -0 slurm_job --help
+  [[ "${output}" == *"submit"* && "${output}" == *"partitions"* && "${output}" == *"--sbatch-arg"* ]]
+}

@@ -1,0 +1,291 @@
+"""placement = "slurm" against fake nodes: submit, queue, start in the job, poll, stop, cancel."""
+
+import asyncio
+
+import pytest
+from fakes import reply
+from jupyterhub.utils import format_exception
+from slurm_cases import BAD_VALUES
+
+from remotesingularityspawner import remote, state
+from remotesingularityspawner.access import SpawnException
+
+NODES = "rss-node1:10.0.0.11,rss-node2:10.0.0.12"
+SUBMIT = "10.0.0.11"  # the first node of the list: the default submit host
+DEBUG = {
+    "name": "debug", "available": True, "default": True, "nodes": ["rss-node1", "rss-node2"],
+    "nodes_idle": 2, "nodes_total": 2, "cpus_idle": 4, "cpus_total": 4, "cpus_per_node": 2,
+    "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time_minutes": 60,
+}  # fmt: skip
+SMALL = {**DEBUG, "name": "small", "default": False, "nodes": ["rss-node2"], "max_time_minutes": 30}
+
+
+def arg(args, option):
+    return args[args.index(option) + 1]
+
+
+class Queue:
+    """slurm_job.sh on the submit host: a job that waits *pending* state calls, then runs."""
+
+    def __init__(self, node="rss-node2", address="", pending=0, reason="Resources", job="4242"):
+        self.node, self.address, self.pending, self.reason, self.job = node, address, pending, reason, job
+        self.calls = []
+
+    def __call__(self, args, stdin):
+        self.calls.append(list(args))
+        action = args[0]
+        if action == "partitions":
+            return reply(partitions=[DEBUG, SMALL])
+        if action == "submit":
+            return reply(job_id=self.job)
+        if action == "cancel":
+            return reply(job_id=self.job, state="CANCELLED")
+        if self.pending > 0:
+            self.pending -= 1
+            return reply(job_id=self.job, state="PENDING", reason=self.reason, partition="debug", position=3)
+        return reply(job_id=self.job, state="RUNNING", reason="None", partition="debug",
+                     node=self.node, address=self.address)  # fmt: skip
+
+    def actions(self):
+        return [c[0] for c in self.calls]
+
+
+@pytest.fixture
+def queue(fake_ssh):
+    q = Queue()
+    fake_ssh.node(SUBMIT).on("slurm_job.sh", q)
+    return q
+
+
+@pytest.fixture
+def slurm_spawner(make_spawner, fake_ssh):
+    def make(**traits):
+        traits = {"nodelist": NODES, "singularity_container_path": "/img.sif", "placement": "slurm", **traits}
+        s = make_spawner(**traits)
+        s.user_options = {"partition": "debug", "cpus": 1, "memory": "512M", "time": "0:10:00"}
+        return s
+
+    return make
+
+
+async def events(s):
+    seen = []
+    async for event in s.progress():
+        seen.append(event["message"])
+        if "allocated" in event["message"]:
+            return seen
+    return seen
+
+
+async def test_a_spawn_submits_a_job_waits_in_the_queue_and_starts_the_server_in_it(
+    slurm_spawner, fake_ssh, queue
+):
+    queue.pending = 2
+    s = slurm_spawner(slurm_sbatch_args=["--account=jupyter"])
+    node2 = fake_ssh.node("10.0.0.12")
+    node2.on("start_singleuser.sh", reply(pid=9, start_time=5, port=50000))
+    listener = asyncio.ensure_future(events(s))
+    assert await s.start() == ("10.0.0.12", 50000)
+    submit = next(c for c in queue.calls if c[0] == "submit")
+    asked = [arg(submit, option) for option in ("--partition", "--cpus", "--memory", "--time")]
+    assert asked == ["debug", "1", "512", "10"]
+    assert arg(submit, "--sbatch-arg") == "--account=jupyter" and "--gpus" not in submit
+    assert arg(submit, "--job-name") == "jupyter-alice"
+    start = node2.runs[-1]
+    assert arg(start.args, "--slurm-job") == "4242"
+    messages = await asyncio.wait_for(listener, 5)
+    assert "queued in partition debug: Resources, position 3" in messages
+    assert "allocated node rss-node2 (job 4242)" in messages
+    saved = s.get_state()
+    assert (saved["job_id"], saved["partition"], saved["node"]) == ("4242", "debug", "rss-node2")
+
+
+async def test_a_node_not_in_the_node_list_is_reached_at_slurms_node_address(slurm_spawner, fake_ssh, queue):
+    queue.node, queue.address = "gpu07", "10.0.0.77"
+    fake_ssh.node("10.0.0.77").on("start_singleuser.sh", reply(pid=9, start_time=5, port=50001))
+    s = slurm_spawner()
+    assert await s.start() == ("10.0.0.77", 50001)
+    assert s.node == "gpu07"
+
+
+@pytest.mark.parametrize("options, field", BAD_VALUES)
+async def test_a_bad_value_is_refused_naming_the_field_and_no_job_is_submitted(
+    slurm_spawner, fake_ssh, queue, options, field
+):
+    s = slurm_spawner()
+    s.user_options = {**s.user_options, **options}
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert e.value.status_code == 400
+    assert format_exception(e.value)[0].startswith(f"Cannot start your server: {field} ")
+    assert "submit" not in queue.actions()
+
+
+async def test_a_badly_formed_value_is_refused_before_any_connection(slurm_spawner, fake_ssh, queue):
+    s = slurm_spawner()
+    s.user_options = {"partition": "$(id)", "cpus": 1}
+    with pytest.raises(SpawnException, match="partition"):
+        await s.start()
+    assert fake_ssh.runs() == []
+
+
+async def test_a_failed_start_in_the_job_cancels_the_job(slurm_spawner, fake_ssh, queue):
+    fake_ssh.node("10.0.0.12").on("start_singleuser.sh", reply(remote.ExitCode.SERVER_DIED, stderr="it died"))
+    s = slurm_spawner()
+    with pytest.raises(SpawnException, match="did not start"):
+        await s.start()
+    assert queue.actions()[-1] == "cancel" and arg(queue.calls[-1], "--job") == "4242"
+
+
+async def test_a_job_still_queued_when_start_timeout_nears_is_cancelled_and_the_reason_said(
+    slurm_spawner, fake_ssh, queue
+):
+    queue.pending = 10**6
+    s = slurm_spawner(start_timeout=2)
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    message = format_exception(e.value)[0]
+    assert "still queued in partition debug: Resources, position 3" in message
+    assert "the job 4242 was cancelled" in message
+    assert queue.actions()[-1] == "cancel"
+
+
+async def test_a_spawn_the_hub_cancels_while_queued_cancels_the_job(slurm_spawner, fake_ssh, queue):
+    queue.pending = 10**6
+    s = slurm_spawner()
+    start = asyncio.ensure_future(s.start())
+    for _ in range(250):
+        await asyncio.sleep(0.02)
+        if queue.actions().count("state") >= 2:
+            break
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    for _ in range(250):
+        if "cancel" in queue.actions():
+            break
+        await asyncio.sleep(0.02)
+    assert "cancel" in queue.actions()
+
+
+async def test_a_job_that_ends_before_it_runs_fails_the_spawn_naming_its_state(slurm_spawner, fake_ssh):
+    fake_ssh.node(SUBMIT).on(
+        "slurm_job.sh",
+        lambda args, stdin: {
+            "partitions": reply(partitions=[DEBUG]),
+            "submit": reply(job_id="7"),
+            "state": reply(
+                job_id="7", state="FAILED", reason="launch failed requeued held", partition="debug"
+            ),
+        }.get(args[0], reply()),
+    )
+    s = slurm_spawner()
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert format_exception(e.value)[0] == (
+        "Your Slurm job 7 ended before your server started: FAILED (launch failed requeued held)"
+    )
+
+
+async def test_sbatch_refusing_the_job_is_said_with_its_reason(slurm_spawner, fake_ssh, queue):
+    fake_ssh.node(SUBMIT).on(
+        "slurm_job.sh",
+        lambda args, stdin: (
+            reply(partitions=[DEBUG])
+            if args[0] == "partitions"
+            else reply(
+                remote.ExitCode.SLURM, stderr="sbatch: error: Batch job submission failed: Invalid account"
+            )
+        ),
+    )
+    s = slurm_spawner()
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert format_exception(e.value)[0] == (
+        "Cannot submit your job on rss-node1: sbatch: error: Batch job submission failed: Invalid account"
+    )
+
+
+# --- poll and stop -----------------------------------------------------------------------
+
+
+def slurm_state(**values):
+    return {
+        "version": state.STATE_VERSION, "pid": 42, "start_time": 7, "address": "10.0.0.12",
+        "node": "rss-node2", "login": "alice", "port": 50000, "job_id": "4242", "partition": "debug",
+        **values,
+    }  # fmt: skip
+
+
+async def test_a_server_whose_job_ended_is_reported_stopped_and_its_job_released(
+    slurm_spawner, fake_ssh, queue
+):
+    s = slurm_spawner()
+    s.load_state(slurm_state())
+    fake_ssh.node("10.0.0.12").on("check_pid.sh", reply(remote.ExitCode.NOT_RUNNING))
+    assert await s.poll() == 0
+    assert queue.actions() == ["cancel"]
+
+
+async def test_stop_ends_the_server_then_cancels_its_job_and_a_second_stop_is_harmless(
+    slurm_spawner, fake_ssh, queue
+):
+    s = slurm_spawner()
+    s.load_state(slurm_state())
+    node2 = fake_ssh.node("10.0.0.12")
+    node2.on("stop.sh", reply(signal="TERM"))
+    await s.stop()
+    assert node2.scripts_run() == ["stop.sh"] and queue.actions() == ["cancel"]
+    assert s.job_id == ""
+    await s.stop()
+    assert node2.scripts_run() == ["stop.sh"] and queue.actions() == ["cancel"]
+
+
+async def test_an_unreachable_node_whose_job_slurm_says_ended_is_stopped_at_once(
+    slurm_spawner, fake_ssh, queue
+):
+    fake_ssh.refuse["10.0.0.12"] = remote.ConnectError("cannot connect to 10.0.0.12:22: timed out")
+    fake_ssh.node(SUBMIT).on(
+        "slurm_job.sh",
+        lambda args, stdin: reply(job_id="4242", state="NODE_FAIL" if args[0] == "state" else "GONE"),
+    )
+    s = slurm_spawner()
+    s.load_state(slurm_state())
+    s.probe_port = lambda *a: None  # the port does not answer either
+    assert await s.poll() == 1
+
+
+def test_a_state_of_version_1_loads_with_no_job(make_spawner):
+    s = make_spawner()
+    s.load_state({"version": 1, "pid": 42, "start_time": 7, "address": "10.0.0.1", "node": "n1"})
+    assert (s.pid, s.job_id, s.partition) == (42, "", "")
+
+
+def test_a_slurm_server_state_survives_a_hub_restart(make_spawner):
+    s = make_spawner()
+    s.load_state(slurm_state())
+    again = make_spawner()
+    again.load_state(s.get_state())
+    assert (again.job_id, again.partition, again.node, again.pid) == ("4242", "debug", "rss-node2", 42)
+
+
+# --- the form ----------------------------------------------------------------------------
+
+
+async def test_the_form_shows_the_partitions_sinfo_shows_the_user(slurm_spawner, fake_ssh, queue):
+    s = slurm_spawner(slurm_partitions=["debug"])
+    html = await s._options_form_default()(s)
+    assert "debug" in html and "2/2 nodes idle, 4/4 CPUs idle" in html
+    assert 'value="small"' not in html
+    assert queue.actions() == ["partitions"]
+    assert s.run_options_from_form({"partition": ["debug"], "cpus": ["2"], "memory": ["1G"]}) == {
+        "partition": "debug", "cpus": "2", "memory": "1G",
+    }  # fmt: skip
+
+
+async def test_placement_ssh_keeps_the_node_form(make_spawner, fake_ssh):
+    s = make_spawner(nodelist=NODES)
+    fake_ssh.node("10.0.0.11").on("node_status.sh", reply())
+    fake_ssh.node("10.0.0.12").on("node_status.sh", reply())
+    html = await s._options_form_default()(s)
+    assert 'name="host"' in html and 'name="partition"' not in html
