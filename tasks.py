@@ -129,9 +129,22 @@ def test(c, layer="", pytest_args=""):
 
 @task(help={"action": "up, down or status"})
 def cluster(c, action="status"):
-    """Bring the local test cluster up or down, or show its state."""
+    """Bring the local test cluster and its Slurm up or down, or show their state."""
     _require_root("the test cluster")
-    c.run(f"{sys.executable} {ROOT / 'tests' / 'cluster.py'} {action}", pty=False)
+    if action not in ("up", "down", "status"):
+        raise Exit("--action must be up, down or status")
+    nodes = f"{sys.executable} {ROOT / 'tests' / 'cluster.py'} {action}"
+    slurm = f"{sys.executable} {ROOT / 'tests' / 'slurm_cluster.py'} {action}"
+    if action == "up":
+        c.run(nodes, pty=False)
+        c.run(slurm, pty=False)
+    elif action == "down":  # Slurm first: cluster.py down removes its directory
+        c.run(slurm, pty=False)
+        c.run(nodes, pty=False)
+    else:
+        nodes_up = c.run(nodes, pty=False, warn=True).ok
+        if not c.run(slurm, pty=False, warn=True).ok or not nodes_up:
+            raise Exit(code=1)
 
 
 @task(

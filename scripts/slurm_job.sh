@@ -103,8 +103,10 @@ submit() {
     || die "${RSS_EXIT_USAGE}" "--cpus, --memory and --time must be more than 0"
   [[ -n "${job_name}" && -n "${partition}" && -n "${output_dir}" ]] \
     || die "${RSS_EXIT_USAGE}" "--job-name, --partition and --output-dir are required"
+  # --no-requeue: a job whose node failed must end (the server is gone), not wait
+  # in the queue again as a job without a server.
   local -a args=(--parsable "--job-name=${job_name}" "--partition=${partition}" --nodes=1 --ntasks=1
-    "--cpus-per-task=${cpus}" "--mem=${memory}M" "--time=${time}")
+    "--cpus-per-task=${cpus}" "--mem=${memory}M" "--time=${time}" --no-requeue)
   if ((10#${gpus} > 0)); then args+=("--gpus=${gpus}"); fi
   if [[ -v nodelist ]]; then
     [[ -n "${nodelist}" ]] || die "${RSS_EXIT_USAGE}" "--nodelist needs a host name"

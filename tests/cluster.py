@@ -591,6 +591,8 @@ LogLevel VERBOSE
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
+# The Slurm clients' config (tests/slurm_cluster.py): not in /etc/slurm.
+SetEnv SLURM_CONF={CONFIG.state_dir / "slurm" / "slurm.conf"}
 {"Subsystem sftp internal-sftp" if sftp else "# no Subsystem line"}
 Match User root
   AuthorizedKeysFile {CONFIG.root_authorized_keys}

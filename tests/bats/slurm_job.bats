@@ -49,7 +49,7 @@ submit() {
   run -0 --separate-stderr submit --sbatch-arg --account=proj1 --sbatch-arg '--comment=a b'
   [ "${output}" = '{"job_id": "123"}' ]
   [ "$(stand_in_argv sbatch)" = "$(words --parsable --job-name=jupyter-alice --partition=debug \
-    --nodes=1 --ntasks=1 --cpus-per-task=2 --mem=1500M --time=60 \
+    --nodes=1 --ntasks=1 --cpus-per-task=2 --mem=1500M --time=60 --no-requeue \
     "--output=${HOME}/.rss/slurm/slurm-%j.log" "--chdir=${HOME}" --account=proj1 '--comment=a b' \
     '--wrap=exec sleep infinity')" ]
   [ "$(stat -c %a "${HOME}/.rss/slurm")" = 700 ]
