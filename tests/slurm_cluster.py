@@ -239,7 +239,6 @@ def _stop(pids: Sequence[int], timeout: float = 10.0) -> None:
     raise SlurmError(f"processes survived SIGKILL: {[p for p in pids if _alive(p)]}")
 
 
-
 def _detach(argv: Sequence[str | Path], console: Path) -> None:
     """Start argv in a session of its own (setsid -f): nobody's child, it outlives the caller."""
     with open(console, "ab") as out:
@@ -303,7 +302,9 @@ def _slurmctld_pids() -> list[int]:
 def _start_slurmctld() -> None:
     _log("starting slurmctld")
     _detach([_SLURMCTLD, "-D", "-i", "-f", CONF], CTLD_CONSOLE)
-    if not _wait_for(lambda: _run(["scontrol", "ping"], check=False).stdout.count("UP") > 0, 15, interval=0.2):
+    if not _wait_for(
+        lambda: _run(["scontrol", "ping"], check=False).stdout.count("UP") > 0, 15, interval=0.2
+    ):
         raise SlurmError("slurmctld does not answer `scontrol ping`\n" + _log_tails())
 
 
