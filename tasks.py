@@ -153,9 +153,10 @@ def cluster(c, action="status"):
         "singularity": "a real singularity or apptainer executable on the nodes",
         "port": "the Hub's public port on 127.0.0.1 (default 8000)",
         "keep_cluster": "leave the test cluster up afterwards (for the tests, or another demo)",
+        "slurm": "placement slurm: the form offers partitions and resources; servers run in jobs",
     }
 )
-def demo(c, image="", singularity="", port=8000, keep_cluster=False):
+def demo(c, image="", singularity="", port=8000, keep_cluster=False, slurm=False):
     """Run a Hub on http://127.0.0.1:8000 with this spawner on the local two-node cluster.
 
     Uses a real singularity/apptainer when one is on PATH and --image is given;
@@ -170,6 +171,13 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False):
     real = singularity or shutil.which("apptainer") or shutil.which("singularity")
     print("Bringing up the local cluster (first time: about a minute)...", flush=True)
     state = cl.up()
+    extra = 'c.Spawner.default_url = "/lab"\n'
+    if slurm:
+        import slurm_cluster  # noqa: PLC0415
+
+        print("Starting Slurm on the cluster (slurmctld here, a slurmd on each node)...", flush=True)
+        slurm_cluster.up()
+        extra += 'c.RemoteSingularitySpawner.placement = "slurm"\nc.Spawner.start_timeout = 300\n'
     if real and image:
         exe, img, note = real, image, f"using {real} with the image {image}"
     else:
@@ -189,7 +197,7 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False):
         hub_port=8081,
         proxy_api_port=8001,
         log_level="INFO",
-        extra_config='c.Spawner.default_url = "/lab"',
+        extra_config=extra,
     )
     try:
         hub.start()
@@ -197,7 +205,8 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False):
         print(
             f"\nJupyterHub is up: {hub.url}\n"
             f"  login: rss-demo   password: {hub.password}\n"
-            f"  nodes: {', '.join(n.name for n in state.nodes)}\n"
+            f"  nodes: {', '.join(n.name for n in state.nodes)}"
+            f"{' (placement slurm: partitions debug and small)' if slurm else ''}\n"
             f"  {note}\n"
             f"  Hub log: {hub.log_path}\n"
             "Press Ctrl-C to stop the Hub, the servers and the cluster.\n",
@@ -214,6 +223,8 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False):
         if keep_cluster:
             print("Demo stopped; the cluster is still up (invoke cluster down removes it).")
         else:
+            if slurm:
+                slurm_cluster.down()
             cl.down(keep_venv=True)
             print("Demo stopped; the cluster is down.")
 

@@ -33,7 +33,7 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
     measures = [row["measure"] for row in results["table"]]
     for words in ("spawn latency, median", "spawn latency, p95", "poll round", "Hub restart", "storm of",
                   "GET /hub/api/", "Hub memory", "spawn latency with certificates",
-                  "certificate per login"):  # fmt: skip
+                  "certificate per login", "spawn latency with placement slurm"):  # fmt: skip
         assert any(words in m for m in measures), (words, measures)
         assert words in proc.stdout  # the printed table
     assert all(row["ours"] and row["reference"] for row in results["table"])
@@ -55,3 +55,6 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
     assert len(certs["latency"]["spawn_s"]) == settings["spawns"]
     assert all(0 < t < 180 for t in certs["latency"]["spawn_s"])
     assert len(certs["signing"]["login_key_s"]) == 200 and certs["signing"]["median_ms"] > 0
+    slurm = results["slurm"]
+    assert len(slurm["latency"]["spawn_s"]) == settings["spawns"]
+    assert all(0 < t < 180 for t in slurm["latency"]["spawn_s"])

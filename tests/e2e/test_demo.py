@@ -15,9 +15,13 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_prints_url_and_login_serves_the_form_and_stops_on_ctrl_c(cluster):
+def run_demo(*flags: str) -> tuple[str, str]:
+    """Run `invoke demo` until it is up, log in and fetch the spawn form, then Ctrl-C it.
+
+    Returns (the form's HTML, what the demo printed after Ctrl-C).
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "demo", "--port", "18700", "--keep-cluster"],
+        [sys.executable, "-m", "invoke", "demo", "--port", "18700", "--keep-cluster", *flags],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -49,7 +53,6 @@ def test_demo_prints_url_and_login_serves_the_form_and_stops_on_ctrl_c(cluster):
             timeout=30,
         )
         form = session.get("http://127.0.0.1:18700/hub/spawn/rss-demo", timeout=30).text
-        assert re.findall(r'<option value="([^"]+)"', form) == ["rss-node1", "rss-node2"]
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
         rest, _ = proc.communicate(timeout=90)
@@ -58,3 +61,15 @@ def test_demo_prints_url_and_login_serves_the_form_and_stops_on_ctrl_c(cluster):
     # Neither the demo's Hub nor its proxy is left running.
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert not [p for p in processes.splitlines() if "rss-demo-" in p or "18700" in p]
+    return form, rest
+
+
+def test_demo_prints_url_and_login_serves_the_form_and_stops_on_ctrl_c(cluster):
+    form, _ = run_demo()
+    assert re.findall(r'<option value="([^"]+)"', form) == ["rss-node1", "rss-node2"]
+
+
+def test_demo_with_slurm_offers_the_partitions_and_their_resources(cluster):
+    form, _ = run_demo("--slurm")
+    assert re.findall(r'<option value="([^"]+)"', form)[:2] == ["debug", "small"]
+    assert 'name="cpus"' in form and 'name="memory"' in form and 'name="time"' in form
