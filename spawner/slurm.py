@@ -129,10 +129,11 @@ class SlurmPlacement:
         self._login()
         view = await self.slurm_view()
         if not view.partitions:
-            raise self._fail(
-                f"Cannot start your server: cannot ask Slurm which partitions you may use ({view.error})",
-                reason="unreachable",
-            )
+            submit = await self.submit_host()
+            cause = f"cannot ask Slurm which partitions you may use ({view.error})"
+            if not view.error:
+                cause = f"sinfo on {submit.label} shows you no partition"
+            raise self._fail(f"Cannot start your server: {cause}", reason="unreachable")
         try:
             return validate_slurm_options(user_options, view.partitions, limits, defaults)
         except OptionsError as e:
@@ -201,10 +202,12 @@ class SlurmPlacement:
 
         async def allocated() -> bool:
             reply = await self._ask_slurm(target, submit, call, f"follow your Slurm job {job}")
+            said = self._queued(seen) if seen else ""
             seen.update(reply.data)
             if seen.get("state") not in _WAITING:
                 return True
-            self._steps.report(15, self._queued(seen))
+            if self._queued(seen) != said:  # each change once, not every look at the queue
+                self._steps.report(15, self._queued(seen))
             return False
 
         # Give up before the Hub does, to say why and cancel the job meanwhile.

@@ -289,3 +289,21 @@ async def test_placement_ssh_keeps_the_node_form(make_spawner, fake_ssh):
     fake_ssh.node("10.0.0.12").on("node_status.sh", reply())
     html = await s._options_form_default()(s)
     assert 'name="host"' in html and 'name="partition"' not in html
+
+
+async def test_each_change_in_the_queue_is_said_once(slurm_spawner, fake_ssh, queue):
+    queue.pending = 4
+    s = slurm_spawner()
+    fake_ssh.node("10.0.0.12").on("start_singleuser.sh", reply(pid=9, start_time=5, port=50000))
+    listener = asyncio.ensure_future(events(s))
+    await s.start()
+    messages = await asyncio.wait_for(listener, 5)
+    assert messages.count("queued in partition debug: Resources, position 3") == 1
+
+
+async def test_no_partition_for_the_user_is_said_so(slurm_spawner, fake_ssh):
+    fake_ssh.node(SUBMIT).on("slurm_job.sh", reply(partitions=[]))
+    s = slurm_spawner()
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert format_exception(e.value)[0] == "Cannot start your server: sinfo on rss-node1 shows you no partition"
