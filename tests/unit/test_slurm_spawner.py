@@ -306,4 +306,5 @@ async def test_no_partition_for_the_user_is_said_so(slurm_spawner, fake_ssh):
     s = slurm_spawner()
     with pytest.raises(SpawnException) as e:
         await s.start()
-    assert format_exception(e.value)[0] == "Cannot start your server: sinfo on rss-node1 shows you no partition"
+    message = format_exception(e.value)[0]
+    assert message == "Cannot start your server: sinfo on rss-node1 shows you no partition"
