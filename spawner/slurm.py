@@ -314,7 +314,10 @@ class SlurmPlacement:
                 )  # fmt: skip
                 await self._release()
                 return 1
-        return await super()._unreachable(error)
+        status = await super()._unreachable(error)
+        if status is not None and self.job_id:
+            await self._release()  # gone: its job must not keep holding the allocation
+        return status
 
     async def _job_state(self) -> str:
         """The job's state as squeue shows it ('GONE' once forgotten); '' if unknown."""

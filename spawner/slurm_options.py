@@ -30,6 +30,7 @@ SBATCH_OWN = (
     "wrap", "output", "error", "job-name", "partition", "cpus-per-task", "mem", "time", "gpus",
     "nodelist", "chdir", "parsable", "nodes", "ntasks", "mem-per-cpu", "mem-per-gpu",
     "gpus-per-node", "gpus-per-task", "cpus-per-gpu", "wait", "test-only", "array",
+    "requeue", "no-requeue",
 )  # fmt: skip
 
 _PARTITION_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -193,3 +193,20 @@ def test_the_form_shows_the_partitions_with_their_idle_nodes_and_cpus(hub):
 def test_a_count_that_is_not_a_number_is_refused_naming_the_field(hub):
     message = spawn_failure(hub, "rss-bob", {**ASK, "cpus": "many"})
     assert message.startswith("Cannot start your server: cpus ")
+
+
+def test_a_failed_node_ends_its_server_and_its_job(hub, slurm):
+    hub.spawn("rss-bob", options={**ASK, "partition": "small"})
+    hub.wait_ready("rss-bob")
+    (job,) = running_jobs("rss-bob")
+    assert job["node"] == "rss-node2"
+    cluster_mod.kill_node("rss-node2")
+    try:
+        failed = time.monotonic()
+        assert wait_until(lambda: hub.server_model("rss-bob") is None, timeout=2 * POLL + 15, interval=0.2)
+        assert time.monotonic() - failed <= 2 * POLL + 5
+        # The Hub cancelled the job: no job holds the dead node's allocation (no requeue either).
+        assert wait_until(lambda: not slurm.jobs("rss-bob"), timeout=30), slurm.jobs("rss-bob")
+    finally:
+        cluster_mod.start_node("rss-node2")
+        slurm.up()

@@ -308,3 +308,12 @@ async def test_no_partition_for_the_user_is_said_so(slurm_spawner, fake_ssh):
         await s.start()
     message = format_exception(e.value)[0]
     assert message == "Cannot start your server: sinfo on rss-node1 shows you no partition"
+
+
+async def test_a_server_gone_with_its_unreachable_node_has_its_job_cancelled(slurm_spawner, fake_ssh, queue):
+    fake_ssh.refuse["10.0.0.12"] = remote.ConnectError("cannot connect to 10.0.0.12:22: refused")
+    s = slurm_spawner()
+    s.load_state(slurm_state())
+    s.probe_port = lambda *a: False  # the node answers that nothing listens there
+    assert await s.poll() == 1
+    assert queue.actions() == ["state", "cancel"]
