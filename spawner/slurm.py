@@ -316,7 +316,10 @@ class SlurmPlacement:
                 return 1
         status = await super()._unreachable(error)
         if status is not None and self.job_id:
-            await self._release()  # gone: its job must not keep holding the allocation
+            # Gone: its job must not keep holding the allocation. In the background: on a
+            # dead node the job ends only once Slurm gives the node up, and the Hub should
+            # hear now that the server is gone.
+            _in_background(self._release(self._certs_location(), (self.job_id, self.login)))
         return status
 
     async def _job_state(self) -> str:

@@ -316,4 +316,8 @@ async def test_a_server_gone_with_its_unreachable_node_has_its_job_cancelled(slu
     s.load_state(slurm_state())
     s.probe_port = lambda *a: False  # the node answers that nothing listens there
     assert await s.poll() == 1
+    for _ in range(250):
+        if "cancel" in queue.actions():
+            break
+        await asyncio.sleep(0.02)
     assert queue.actions() == ["state", "cancel"]
