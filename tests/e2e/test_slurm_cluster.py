@@ -13,7 +13,7 @@ import subprocess
 import cluster as cluster_mod
 import pytest
 import slurm_cluster
-from conftest import user_processes, wait_until
+from conftest import nothing_left, user_processes, wait_until
 
 USER = "rss-alice"
 NODES = ("rss-node1", "rss-node2")
@@ -86,7 +86,9 @@ def test_cancel_all_leaves_no_job_and_no_process(cluster, slurm):
     assert slurm_cluster.jobs() == []
     for node in NODES:
         for user in ("rss-bob", USER):
-            assert wait_until(lambda n=node, u=user: not user_processes(n, u), timeout=10)
+            # A kept SSH connection of another test's Hub (sshd: USER) is not a job's process.
+            gone = wait_until(lambda n=node, u=user: nothing_left(n, u), timeout=10)
+            assert gone, (node, user, user_processes(node, user))
 
 
 def _reason(job_id: str) -> str | None:
