@@ -2,8 +2,9 @@
 
 ``POST /hub/api/bench/poll-round`` (admin) polls every active server of the
 Hub at once, as the Hub's periodic checks do, and answers how long the round
-took, how many servers answered "running", and how many SSH connections the
-spawner's pool opened meanwhile.
+took, the Hub's CPU time meanwhile (all its threads: the event loop and the
+SSH workers), how many servers answered "running", and how many SSH
+connections the spawner's pool opened meanwhile.
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ class PollRoundHandler(APIHandler):
             raise web.HTTPError(403, "the poll round needs the admin:servers scope")
         spawners = [s for user in self.users.values() for s in user.spawners.values() if s.active]
         opened = _ssh_connections_opened()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         results = await asyncio.gather(*(s.poll() for s in spawners))
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         self.write(
             json.dumps(
                 {
                     "servers": len(spawners),
                     "running": sum(r is None for r in results),
                     "wall_s": wall,
+                    "cpu_s": cpu,
                     "ssh_connections_opened": _ssh_connections_opened() - opened,
                 }
             )

@@ -47,6 +47,7 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
         assert storm["api_samples"] > 0 and math.isfinite(storm["api_max_ms"])
     # The poll round polled every running server, and each answered "running".
     assert all(r["servers"] == r["running"] == n for r in ours["poll"]["rounds"])
+    assert all(r["cpu_s"] > 0 for r in ours["poll"]["rounds"])
     assert ours["running_after_restart"] == n
     assert ours["restart_n_s"] > 0 and ours["restart_empty_s"] > 0
     assert ours["rss_n_bytes"] > 0 and ours["rss_none_bytes"] > 0
