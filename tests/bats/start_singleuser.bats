@@ -21,6 +21,16 @@ teardown() { common_teardown; }
   [[ "${output}" == *'"ok": true'* ]]
 }
 
+@test "ss asked for the listening port; without a working ss, /proc/net/tcp tells it" {
+  start_ok
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
+  # An ss that fails: the wait for the server falls back to /proc/net/tcp.
+  stand_in ss <<<'exit 1'
+  start_ok
+  [ "$(stand_in_calls ss)" -ge 1 ]
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
+}
+
 @test "reports its steps as @progress lines on stderr, percentages rising" {
   start_ok
   local -a steps
