@@ -209,25 +209,31 @@ group_members() {
 
 #######################################
 # Print "PID START" for every live descendant of PID (not PID itself).
+# The process table comes from one `ps` (a start looks twice a second, for
+# every server starting on the node at once, and bash reading each
+# /proc/PID/stat costs tens of milliseconds a look); without ps, from /proc.
 #######################################
 descendants() {
-  local dir pid
-  local -A parent_of=() start_of=()
-  for dir in /proc/[0-9]*; do
-    pid=${dir#/proc/}
-    if proc_stat "${pid}" && [[ "${PROC_STATE}" != [ZX] ]]; then
-      parent_of[${pid}]=${PROC_PPID}
-      start_of[${pid}]=${PROC_START}
-    fi
-  done
+  local -A children_of=()
+  local pid ppid dir
+  if command -v ps >/dev/null; then
+    while read -r pid ppid; do
+      children_of[${ppid}]+=" ${pid}"
+    done < <(ps -e -o pid=,ppid=)
+  else
+    for dir in /proc/[0-9]*; do
+      pid=${dir#/proc/}
+      if proc_stat "${pid}"; then children_of[${PROC_PPID}]+=" ${pid}"; fi
+    done
+  fi
   local -a queue=("$1")
   local current child
   while ((${#queue[@]})); do
     current=${queue[0]}
     queue=("${queue[@]:1}")
-    for child in "${!parent_of[@]}"; do
-      if [[ "${parent_of[${child}]}" == "${current}" ]]; then
-        printf '%s %s\n' "${child}" "${start_of[${child}]}"
+    for child in ${children_of[${current}]:-}; do
+      if proc_stat "${child}" && [[ "${PROC_STATE}" != [ZX] ]]; then
+        printf '%s %s\n' "${child}" "${PROC_START}"
         queue+=("${child}")
       fi
     done
