@@ -8,6 +8,7 @@ all: it runs at the Hub's exit, and tests call it to start afresh.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import logging
@@ -80,6 +81,18 @@ class SharedResources:
             pool.close_all()
         for executor in executors:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+# Clean-ups that outlive the coroutine that started them (asyncio keeps only weak
+# references to tasks: one nobody holds may be collected before it is done).
+_background_tasks: set[asyncio.Task] = set()
+
+
+def in_background(coroutine) -> None:
+    """Run *coroutine* to its end on the event loop, whatever happens to its caller."""
+    task = asyncio.ensure_future(coroutine)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,7 +30,7 @@ from jupyterhub.utils import exponential_backoff
 from . import calls, remote
 from .nodes import HOSTNAME_RE, Node, resolve_address
 from .options import OptionsError
-from .resources import shared
+from .resources import in_background, shared
 from .slurm_options import (
     Partition,
     check_sbatch_args,
@@ -46,15 +46,6 @@ from .status import SlurmView
 _WAITING = ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED")
 # Seconds a cancel waits for the job to end before it is reported still there.
 CANCEL_WAIT = 15
-# Clean-ups that outlive the coroutine that started them (asyncio keeps only weak references).
-_background_tasks: set[asyncio.Task] = set()
-
-
-def _in_background(coroutine) -> None:
-    task = asyncio.ensure_future(coroutine)
-    _background_tasks.add(task)
-    task.add_done_callback(_background_tasks.discard)
-
 
 class SlurmPlacement:
     """Placement of a server by Slurm. Mixed into RemoteSingularitySpawner."""
@@ -181,7 +172,7 @@ class SlurmPlacement:
             node = await self._wait_for_allocation(target, submit)
         except asyncio.CancelledError:
             # The Hub gave up (start_timeout): leave no job behind.
-            _in_background(self._cancel_job(self.job_id, login))
+            in_background(self._cancel_job(self.job_id, login))
             raise
         return node, request.binds, self.job_id
 
@@ -319,7 +310,7 @@ class SlurmPlacement:
             # Gone: its job must not keep holding the allocation. In the background: on a
             # dead node the job ends only once Slurm gives the node up, and the Hub should
             # hear now that the server is gone.
-            _in_background(self._release(self._certs_location(), (self.job_id, self.login)))
+            in_background(self._release(self._certs_location(), (self.job_id, self.login)))
         return status
 
     async def _job_state(self) -> str:

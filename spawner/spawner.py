@@ -50,11 +50,9 @@ from .access import NodeAccess
 from .certs import InternalTLS
 from .form import NodeChoice, apply_user_options, options_from_form, render_options_form
 from .options import OptionsError, parse_binds
+from .resources import in_background
 from .slurm import SlurmPlacement
 from .state import KeptState
-
-# Clean-ups that outlive the coroutine that started them (asyncio keeps only weak references).
-_background_tasks: set[asyncio.Task] = set()
 
 
 def _start_on_node(session: remote.NodeSession, call: remote.ScriptCall, label: str, report):
@@ -441,9 +439,7 @@ class RemoteSingularitySpawner(KeptState, SlurmPlacement, NodeAccess, NodeChoice
             reply, version = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The Hub gave up (start_timeout): do not leave a server behind.
-            task = asyncio.ensure_future(self._stop_late_start(future, target))
-            _background_tasks.add(task)
-            task.add_done_callback(_background_tasks.discard)
+            in_background(self._stop_late_start(future, target))
             raise
         except Exception as e:
             message = f"Cannot start your server on {node.label}: {self._explain(e)}"
