@@ -68,6 +68,11 @@ class SharedResources:
         with self._lock:
             return sum(pool.opened for pool in self._pools.values())
 
+    def channels_opened(self) -> int:
+        """SSH channels (one per command) opened so far by all pools."""
+        with self._lock:
+            return sum(pool.channels for pool in self._pools.values())
+
     def close(self) -> None:
         """Close every connection, end the threads, forget the caches."""
         with self._lock:

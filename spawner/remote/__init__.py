@@ -33,6 +33,7 @@ from .protocol import (
 )
 from .session import IDEMPOTENT_SCRIPTS, RECHECK_SCRIPT, NodeSession
 from .ssh import (
+    CommandTimeout,
     ConnectError,
     HostKeyError,
     IdentityError,
@@ -47,8 +48,8 @@ from .ssh import (
 
 __all__ = [
     "DEFAULT_NODE_SCRIPTS_DIR", "IDEMPOTENT_SCRIPTS", "RECHECK_SCRIPT", "SCRIPT_FILES", "CAError",
-    "CertificateAuthority", "CertificateRequest", "CertificateSettingError", "ConnectError",
-    "ConnectionPool", "ExitCode", "HostKeyError", "IdentityError", "LineRelay", "NodeSession",
+    "CertificateAuthority", "CertificateRequest", "CertificateSettingError", "CommandTimeout",
+    "ConnectError", "ConnectionPool", "ExitCode", "HostKeyError", "IdentityError", "LineRelay", "NodeSession",
     "ProgressCallback", "RemoteError", "Reply", "ScriptBundle", "ScriptCall", "Target",
     "ValidityError", "command_line", "connect", "env_payload", "files_payload", "find_private_key",
     "key_id", "load_private_key", "packaged_scripts_dir", "parse_progress", "parse_reply",

@@ -13,6 +13,7 @@ import fabric
 from .ssh import Target, connect, default_log
 
 Opener = Callable[[Target, logging.Logger], fabric.Connection]
+SWEEP_INTERVAL = 5.0  # seconds between two looks for idle or dead connections, at most
 
 
 class Pooled:
@@ -39,7 +40,9 @@ class ConnectionPool:
     Any number of threads may borrow the same connection: each command gets
     its own channel (at most *max_sessions* at once per connection). A
     connection is closed when it has been unused for *idle_timeout* seconds
-    (checked whenever the pool is used) or found dead; keepalives every
+    or found dead (checked when the pool is used, at most every
+    ``SWEEP_INTERVAL`` seconds: a sweep looks at every connection, and a poll
+    round of N servers would otherwise look N times at N); keepalives every
     *keepalive* seconds notice a vanished peer. *opener* makes a connection
     (tests give a fake one).
     """
@@ -58,14 +61,19 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._entries: dict[Target, Pooled] = {}
         self._connecting: dict[Target, threading.Lock] = {}
+        self._next_sweep = 0.0
         self.opened = 0  # connections opened so far (for logs and benchmarks)
+        self.channels = 0  # commands run (one channel each) so far, ditto
         # Where the scripts of a version run from, per (target, user dir, node dir):
         # found once per pool (see NodeSession), forgotten with it.
         self.script_dirs: dict[tuple[Target, str, str], str] = {}
 
     def acquire(self, target: Target, log: logging.Logger = default_log) -> Pooled:
         """A live connection for *target*, opened if need be; give it back with release()."""
-        self.close_idle()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + min(self.idle_timeout, SWEEP_INTERVAL)
+            self.close_idle()
         with self._lock:
             connecting = self._connecting.setdefault(target, threading.Lock())
         # One thread connects; the others for the same target wait and share.
@@ -89,6 +97,10 @@ class ConnectionPool:
             log.debug("opened SSH connection %s", target)
             return entry
 
+    def count_channel(self) -> None:
+        with self._lock:
+            self.channels += 1
+
     def release(self, entry: Pooled) -> None:
         with self._lock:
             entry.borrowed -= 1
@@ -98,11 +110,14 @@ class ConnectionPool:
             _close_quietly(entry.conn)
 
     def discard(self, entry: Pooled) -> None:
-        """Forget a connection that failed; it is closed when the last borrower releases it."""
+        """Forget a connection that failed; it is closed now, or when the last borrower releases it."""
         with self._lock:
             if self._entries.get(entry.key) is entry:
                 del self._entries[entry.key]
             entry.discarded = True
+            close = entry.borrowed == 0
+        if close:
+            _close_quietly(entry.conn)
 
     def close_idle(self) -> None:
         now = time.monotonic()

@@ -134,8 +134,8 @@ ProgressCallback = Callable[[int, str], None]
 class LineRelay:
     """A write-only text stream that hands each ``@progress`` line to a callback.
 
-    Given to Invoke as the command's ``err_stream``: it is written from
-    Invoke's reader thread, in chunks that need not end at a line break.
+    Its ``write`` is :func:`ssh.run_command`'s ``on_stderr``: called with
+    stderr as it arrives, in chunks that need not end at a line break.
     """
 
     def __init__(self, on_progress: ProgressCallback) -> None:

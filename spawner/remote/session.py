@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
-import invoke
 import paramiko
 
 from .bundle import ScriptBundle
 from .pool import ConnectionPool, Pooled
 from .protocol import ExitCode, LineRelay, ProgressCallback, Reply, ScriptCall, command_line, files_payload
-from .ssh import ConnectError, RemoteError, Target, default_log, run_command
+from .ssh import CommandTimeout, ConnectError, RemoteError, Target, default_log, run_command
 
 # Before this script, a node-wide copy not found earlier is looked for again.
 RECHECK_SCRIPT = "start_singleuser.sh"
@@ -188,13 +187,12 @@ class NodeSession:
             if not entry.active():
                 # Fabric would silently log in again, racing other threads: let the pool do it.
                 raise EOFError("the connection was closed")
-            relay = {}
-            if on_progress is not None:
-                # Echo stderr (only) into the relay while it arrives; it is captured all the same.
-                relay = {"err_stream": LineRelay(on_progress), "hide": "stdout"}
+            # stderr goes into the relay while it arrives; it is captured all the same.
+            relay = None if on_progress is None else LineRelay(on_progress).write
             with entry.sessions:
-                return run_command(entry.conn, command, stdin, timeout, **relay)
-        except invoke.CommandTimedOut:
+                self.pool.count_channel()
+                return run_command(entry.conn, command, stdin, timeout, on_stderr=relay)
+        except CommandTimeout:
             raise ConnectError(f"{self.target.host} did not answer within {timeout:g}s") from None
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None

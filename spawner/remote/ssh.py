@@ -5,11 +5,13 @@ Every function here blocks (network, key files) and is meant for a worker thread
 
 from __future__ import annotations
 
-import io
+import codecs
 import logging
 import os
+import select
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -129,14 +131,26 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
         )
 
 
-def _preferring_known_keys(known: KnownHosts, name: str):
-    """A Transport factory asking the node for a key of a type listed for it first, as ssh
-    does (paramiko does so only for the keys in its own HostKeys)."""
+# AES-GCM first: its tag is checked inside `cryptography`, where paramiko's HMAC
+# ciphers compare every packet's MAC byte by byte in Python, which was a third of
+# the Hub's CPU for a poll (docs/benchmarks.md, "at scale"). The others stay as
+# fallbacks for an sshd without GCM.
+_AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport_factory(known: KnownHosts | None, name: str):
+    """A Transport factory preferring AES-GCM and, with *known*, asking the node for a key of
+    a type listed for it first, as ssh does (paramiko does so only for its own HostKeys)."""
 
     def make(sock, **kwargs) -> paramiko.Transport:
         transport = paramiko.Transport(sock, **kwargs)
         options = transport.get_security_options()
-        options.key_types = known.preferred_algorithms(name, options.key_types)
+        offered = options.ciphers
+        options.ciphers = [c for c in _AEAD_CIPHERS if c in offered] + [
+            c for c in offered if c not in _AEAD_CIPHERS
+        ]
+        if known is not None:
+            options.key_types = known.preferred_algorithms(name, options.key_types)
         return transport
 
     return make
@@ -156,11 +170,7 @@ class _AcceptUnknownHost(paramiko.MissingHostKeyPolicy):
 def _fabric_config() -> fabric.Config:
     # No ssh_config or Fabric/Invoke config files of the Hub's account (lazy):
     # what we connect to and how is decided by the spawner's traits alone.
-    return fabric.Config(
-        ssh_config=paramiko.SSHConfig(),
-        lazy=True,
-        overrides={"run": {"hide": True, "warn": True, "echo_stdin": False, "pty": False}},
-    )
+    return fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True)
 
 
 def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
@@ -195,15 +205,14 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
         },
     )
     client = conn.client
+    known = None
     if target.verify_host_key:
         # Nothing goes into paramiko's own HostKeys: the policy checks every key offered.
         known = KnownHosts.load(target.known_hosts_files, log)
         client.set_missing_host_key_policy(_RejectUnknownHost(known, target.host))
-        conn.connect_kwargs["transport_factory"] = _preferring_known_keys(
-            known, host_name(target.host, target.port)
-        )
     else:
         client.set_missing_host_key_policy(_AcceptUnknownHost(log))
+    conn.connect_kwargs["transport_factory"] = _transport_factory(known, host_name(target.host, target.port))
     try:
         conn.open()
     except paramiko.AuthenticationException as e:
@@ -219,44 +228,96 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
     # the node to answer that: a node gone silent (link down, powered off) must fail the
     # command as a new connection to it would, within the connect timeout.
     conn.transport.channel_timeout = target.connect_timeout
+    conn.transport.sock.settimeout(READER_WAKEUP)
     return conn
 
 
-class _Payload(io.StringIO):
-    """stdin for a remote command, handed to Invoke in one piece.
-
-    Invoke reads a non-terminal stream one character at a time, which would
-    become one SSH packet per character.
-    """
-
-    def read(self, size: int | None = -1) -> str:
-        return super().read()
+class CommandTimeout(RemoteError):
+    """The node did not finish the command within its timeout."""
 
 
-def _stdin_for(data: str) -> _Payload | bool:
-    """What to hand Invoke as the command's stdin: *data*, or none at all.
-
-    Invoke sends EOF once it has read its stream, possibly after a quick
-    command has finished and its channel is closed. paramiko still sends that
-    EOF, and sshd answers an EOF for a channel it no longer has by dropping
-    the whole connection, with every other command running on it. So a
-    command without input gets no stdin (hence no EOF), and one with input
-    reads it to the end before it can exit.
-    """
-    return _Payload(data) if data else False
+# How long a kept connection's reader thread sleeps in recv() before paramiko
+# looks at its keepalive and closing flags. paramiko's own 0.1 s wakes every
+# idle connection ten times a second: with hundreds of users, that alone was a
+# steady share of the Hub's CPU (docs/benchmarks.md, "at scale").
+READER_WAKEUP = 5.0
+_CHUNK = 32768
 
 
 def run_command(
-    conn: fabric.Connection, command: str, stdin: str = "", timeout: float | None = None, **run_kwargs
+    conn: fabric.Connection,
+    command: str,
+    stdin: str = "",
+    timeout: float | None = None,
+    on_stderr: Callable[[str], object] | None = None,
 ) -> Reply:
-    """Run *command* (see :func:`protocol.command_line`) on *conn*, *stdin* on its channel.
+    """Run *command* (see :func:`protocol.command_line`) on a channel of *conn*, *stdin* on it.
 
-    timeout: seconds to wait for it (invoke.CommandTimedOut after that); None waits for ever.
-    run_kwargs: more of Fabric's run() options (err_stream and hide, for a progress relay).
+    The channel comes from Fabric's ``create_session()`` and is read here, in
+    the calling thread: Invoke's runner, behind ``Connection.run``, starts
+    threads and polls for every command, which cost twice the CPU of the
+    command itself with hundreds of servers polled.
+
+    stdin: sent whole, then EOF, right after the command starts. A command
+    without input gets no EOF at all: sshd answers an EOF for a channel that
+    already closed (a quick command) by dropping the whole connection, with
+    every other command on it. Scripts that take input read it to the end
+    before they can exit.
+    timeout: seconds to wait for the command's end (CommandTimeout after that);
+    None waits for ever. on_stderr: called with stderr's text as it arrives.
+    EOFError if the connection broke meanwhile.
     """
-    limit = {} if timeout is None else {"timeout": timeout}
-    result = conn.run(command, in_stream=_stdin_for(stdin), **limit, **run_kwargs)
-    return parse_reply(result.exited, result.stdout, result.stderr)
+    channel = conn.create_session()
+    try:
+        channel.settimeout(timeout)  # also bounds sending stdin (socket.timeout)
+        channel.exec_command(command)
+        if stdin:
+            channel.sendall(stdin.encode())
+            channel.shutdown_write()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stdout, stderr = _read_until_eof(channel, deadline, timeout, on_stderr)
+        if not channel.status_event.wait(_left(deadline, timeout)):
+            raise CommandTimeout(f"no exit status within {timeout:g}s")
+        if channel.exit_status == -1 and not conn.transport.is_active():
+            raise EOFError("the connection closed during the command")
+        return parse_reply(channel.exit_status, stdout, stderr)
+    finally:
+        channel.close()
+
+
+def _left(deadline: float | None, timeout: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise CommandTimeout(f"no end within {timeout:g}s")
+    return left
+
+
+def _read_until_eof(channel: paramiko.Channel, deadline, timeout, on_stderr) -> tuple[str, str]:
+    """stdout and stderr of *channel* until the node's EOF (or close), waiting in select()."""
+    out: list[bytes] = []
+    err: list[bytes] = []
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def drain() -> bool:
+        got = False
+        while channel.recv_ready():
+            out.append(channel.recv(_CHUNK))
+            got = True
+        while channel.recv_stderr_ready():
+            err.append(channel.recv_stderr(_CHUNK))
+            if on_stderr is not None:
+                on_stderr(decoder.decode(err[-1]))
+            got = True
+        return got
+
+    while not (channel.eof_received or channel.closed):
+        if not drain():
+            # The channel's file number is readable when data, EOF or close arrived.
+            select.select([channel], [], [], _left(deadline, timeout))
+    drain()  # what came with the EOF
+    return b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
 
 
 def probe_port(host: str, port: int, timeout: float) -> bool | None:

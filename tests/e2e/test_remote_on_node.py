@@ -92,3 +92,57 @@ def test_stdin_crosses_the_channel_byte_for_byte(cluster, tmp_path):
     assert len(payload) > 2 * 32768, "spans several SSH packets"
     assert received == payload.encode()
     shutil.rmtree(cluster.user(user).home / ".rss-stdin-test")
+
+
+def _bundle_with_check_pid(tmp_path, body: str) -> remote.ScriptBundle:
+    """The packaged scripts with check_pid.sh replaced by *body* (the channel is under test)."""
+    copy = tmp_path / "scripts"
+    shutil.copytree(remote.packaged_scripts_dir(), copy)
+    (copy / "check_pid.sh").write_text("#!/usr/bin/env bash\n" + body)
+    return remote.ScriptBundle.load(copy)
+
+
+def test_both_streams_arrive_whole_and_progress_as_it_comes(cluster, tmp_path):
+    """Much output on stdout and stderr at once is read whole; @progress lines reach the
+    callback while the command runs (it waits for a file the callback makes)."""
+    # 2.4 MB on each stream, interleaved: more than a channel's window (2 MiB) if only one is read.
+    body = r"""for i in $(seq 1 12000); do
+  printf 'out %05d %0200d\n' "$i" 0
+  printf 'err %05d %0200d\n' "$i" 0 >&2
+  (( i % 3000 )) || printf '@progress %d step %d\n' "$((i / 300))" "$i" >&2
+done
+printf '@progress 50 waiting for %s\n' "$1" >&2
+for _ in $(seq 1 300); do [[ -e "$1" ]] && break; sleep 0.1; done
+[[ -e "$1" ]] || exit 9
+printf '{"done": true}\n'
+"""
+    home = cluster.user("rss-alice").home
+    go = home / ".rss-streams-test" / "go"
+    events = []
+
+    def on_progress(pct, msg):
+        events.append((pct, msg))
+        if msg.startswith("waiting"):
+            go.touch()
+
+    with remote.NodeSession(target_for(cluster, "rss-alice"), _bundle_with_check_pid(tmp_path, body),
+                            ".rss-streams-test") as session:  # fmt: skip
+        reply = session.run("check_pid.sh", [str(go)], on_progress=on_progress)
+    assert reply.exit_code == 0 and reply.data == {"done": True}
+    err_lines = reply.stderr.splitlines()
+    assert len(err_lines) == 12000
+    assert err_lines[0].startswith("err 00001 ") and err_lines[-1].startswith("err 12000 ")
+    assert events == [(10, "step 3000"), (20, "step 6000"), (30, "step 9000"), (40, "step 12000"),
+                      (50, f"waiting for {go}")]  # fmt: skip
+    shutil.rmtree(home / ".rss-streams-test")
+
+
+def test_a_command_past_its_timeout_fails_saying_so_and_the_next_one_runs(cluster, tmp_path):
+    bundle = _bundle_with_check_pid(tmp_path, 'sleep "${1:-0}"\nprintf \'{"slept": true}\\n\'\n')
+    target = target_for(cluster, "rss-bob")
+    with remote.NodeSession(target, bundle, ".rss-timeout-test") as session:
+        with pytest.raises(remote.ConnectError, match=f"{target.host} did not answer within 1s"):
+            session.run("check_pid.sh", ["30"], timeout=1)
+    with remote.NodeSession(target, bundle, ".rss-timeout-test") as session:
+        assert session.run("check_pid.sh", ["0"], timeout=30).data == {"slept": True}
+    shutil.rmtree(cluster.user("rss-bob").home / ".rss-timeout-test")

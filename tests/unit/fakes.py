@@ -110,6 +110,73 @@ class FakeNode:
         raise AssertionError(f"put_files.sh {run.args}")
 
 
+class FakeChannel:
+    """Stands in for paramiko's Channel as remote.ssh.run_command uses it.
+
+    The node answers once the command's input is complete: at the EOF sent
+    after stdin, or at once for a command sent none.
+    """
+
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+        self.command = ""
+        self.stdin = b""
+        self.eof_sent = False
+        self.timeout: float | None = None
+        self.closed = False
+        self.exit_status = -1
+        self.status_event = threading.Event()
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        self._answered = False
+
+    def settimeout(self, timeout):
+        self.timeout = timeout
+
+    def exec_command(self, command):
+        self.command = command
+
+    def sendall(self, data):
+        self.stdin += data
+
+    def shutdown_write(self):
+        self.eof_sent = True
+
+    @property
+    def eof_received(self) -> bool:
+        if not self._answered:
+            self._answered = True
+            self._answer()
+        return True
+
+    def _answer(self) -> None:
+        conn = self.conn
+        stdin = self.stdin.decode() if self.eof_sent else False
+        conn.stdins.append(stdin)
+        node = conn.ssh.node(conn.host)
+        answer = node.answer(conn.target.username, shlex.split(self.command), stdin or "", self.timeout)
+        # stderr arrives a line at a time, stdout in one piece.
+        self._err = [line.encode() for line in answer.stderr.splitlines(keepends=True)]
+        self._out = [] if not answer.data else [(json.dumps(answer.data) + "\n").encode()]
+        self.exit_status = answer.exit_code
+        self.status_event.set()
+
+    def recv_ready(self) -> bool:
+        return bool(self._out)
+
+    def recv(self, size):
+        return self._out.pop(0)
+
+    def recv_stderr_ready(self) -> bool:
+        return bool(self._err)
+
+    def recv_stderr(self, size):
+        return self._err.pop(0)
+
+    def close(self):
+        self.closed = True
+
+
 class FakeConnection:
     """Stands in for fabric.Connection: hands each command to its node; can break."""
 
@@ -119,26 +186,19 @@ class FakeConnection:
         self.target = target
         self.alive = True
         self.closed = False
-        self.stdins: list = []
+        self.stdins: list = []  # each command's input: its text, or False (none, no EOF)
         self.transport = SimpleNamespace(
             is_active=lambda: self.alive, set_keepalive=lambda seconds: setattr(self, "keepalive", seconds)
         )
         self.keepalive = None
         self.fail_with: BaseException | None = None  # raised by the next commands
 
-    def run(self, command, in_stream=None, timeout=None, err_stream=None, hide=None, **kwargs):
+    def create_session(self) -> FakeChannel:
         if not self.alive:
             raise EOFError("connection closed by peer")
         if self.fail_with is not None:
             raise self.fail_with
-        self.stdins.append(in_stream if in_stream is False else in_stream.read())
-        stdin = self.stdins[-1] or ""
-        answer = self.ssh.node(self.host).answer(self.target.username, shlex.split(command), stdin, timeout)
-        if err_stream is not None:
-            for line in answer.stderr.splitlines(keepends=True):
-                err_stream.write(line if line.endswith("\n") else line + "\n")
-        stdout = "" if not answer.data else json.dumps(answer.data) + "\n"
-        return SimpleNamespace(exited=answer.exit_code, stdout=stdout, stderr=answer.stderr)
+        return FakeChannel(self)
 
     def close(self):
         self.closed = True
