@@ -235,26 +235,36 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False, slurm=False
         "spawns": "spawns one at a time for the latency figures (default 10)",
         "storm": "concurrent spawns in the storm (default 24)",
         "json": "where to write the results (default bench-results/bench.json)",
-        "quick": "a short smoke run (6 servers, 3 spawns, a storm of 4); the numbers mean little",
+        "quick": "a short smoke run (6 servers, 3 spawns, a storm of 4; with --scale: N = 48 only)",
+        "scale": "the scale run instead: 48, 120 and 240 users with a server each (default JSON "
+        "bench-results/scale.json)",
     }
 )
-def bench(c, n=48, spawns=10, storm=24, json="bench-results/bench.json", quick=False):
+def bench(c, n=48, spawns=10, storm=24, json="", quick=False, scale=False):
     """Measure this spawner against LocalProcessSpawner on the local test cluster (as root).
 
     Prints one table (spawn latency, poll round, Hub restart, a spawn storm, Hub
     memory) and writes it with every raw figure as JSON. Holds the test cluster
-    for the whole run (about 5 minutes; --quick about 1).
+    for the whole run (about 11 minutes; --quick about 2). With --scale: the
+    costs per server as servers grow, N = 48, 120, 240 (--quick: 48 only).
     """
     _require_root("the benchmark")
     _require("configurable-http-proxy", "npm install -g configurable-http-proxy (or run .ci/setup)")
     _cluster()
+    with c.cd(str(ROOT)):
+        # Measure what `pip install` gives a hub admin, as the tests do.
+        c.run(f"{sys.executable} -m pip install --quiet --no-deps --force-reinstall .", hide="out")
+    if scale:
+        import bench_scale  # noqa: PLC0415 - tests/ is not a package
+
+        settings = bench_scale.Settings.quick() if quick else bench_scale.Settings()
+        command = "invoke bench --scale" + (" --quick" if quick else "")
+        bench_scale.run(settings, ROOT / (json or "bench-results/scale.json"), command)
+        return
     import bench as bench_mod  # noqa: PLC0415 - tests/ is not a package
 
     settings = (
         bench_mod.Settings.quick() if quick else bench_mod.Settings(servers=n, spawns=spawns, storm=storm)
     )
-    with c.cd(str(ROOT)):
-        # Measure what `pip install` gives a hub admin, as the tests do.
-        c.run(f"{sys.executable} -m pip install --quiet --no-deps --force-reinstall .", hide="out")
     command = "invoke bench" + (" --quick" if quick else f" -n {n} --spawns {spawns} --storm {storm}")
-    bench_mod.run(settings, ROOT / json, command)
+    bench_mod.run(settings, ROOT / (json or "bench-results/bench.json"), command)

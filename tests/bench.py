@@ -542,13 +542,19 @@ def run(settings: Settings, json_path: Path, command: str) -> dict:
         "slurm": slurm,
         "table": table_rows,
     }
+    report(results, json_path, table(table_rows))
+    return results
+
+
+def report(results: dict, json_path: Path, table_text: str, more: str = "") -> None:
+    """Write *results* as JSON and print the table, the machine and the command."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{table(table_rows)}\n")
+    info = results["machine"]
+    print(f"\n{table_text}\n")
     print(
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {info['os']}, "
         f"Python {info['python']}, JupyterHub {info['jupyterhub']}; load average "
-        f"{info['load_average_at_start'][0]:.2f} at start, {info['load_average_at_end'][0]:.2f} at end"
+        f"{info['load_average_at_start'][0]:.2f} at start, {info['load_average_at_end'][0]:.2f} at end{more}"
     )
-    print(f"Command: {command}\nJSON: {json_path}")
-    return results
+    print(f"Command: {results['command']}\nJSON: {json_path}")

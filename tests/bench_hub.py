@@ -4,7 +4,7 @@
 Hub at once, as the Hub's periodic checks do, and answers how long the round
 took, the Hub's CPU time meanwhile (all its threads: the event loop and the
 SSH workers), how many servers answered "running", and how many SSH
-connections the spawner's pool opened meanwhile.
+connections and channels the spawner's pool opened meanwhile.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
 
-def _ssh_connections_opened() -> int:
+def _ssh_opened() -> tuple[int, int]:
+    """SSH connections and channels the spawner opened so far (none with another spawner)."""
     try:
         from remotesingularityspawner.resources import shared  # noqa: PLC0415 - only with this spawner
     except ImportError:
-        return 0
-    return shared.connections_opened()
+        return 0, 0
+    return shared.connections_opened(), shared.channels_opened()
 
 
 class PollRoundHandler(APIHandler):
@@ -30,7 +31,7 @@ class PollRoundHandler(APIHandler):
         if "admin:servers" not in self.expanded_scopes:
             raise web.HTTPError(403, "the poll round needs the admin:servers scope")
         spawners = [s for user in self.users.values() for s in user.spawners.values() if s.active]
-        opened = _ssh_connections_opened()
+        opened = _ssh_opened()
         started, cpu = time.perf_counter(), time.process_time()
         results = await asyncio.gather(*(s.poll() for s in spawners))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -41,7 +42,8 @@ class PollRoundHandler(APIHandler):
                     "running": sum(r is None for r in results),
                     "wall_s": wall,
                     "cpu_s": cpu,
-                    "ssh_connections_opened": _ssh_connections_opened() - opened,
+                    "ssh_connections_opened": _ssh_opened()[0] - opened[0],
+                    "ssh_channels_opened": _ssh_opened()[1] - opened[1],
                 }
             )
         )

@@ -1405,14 +1405,32 @@ def add_user(name: str, key_type: str) -> User:
         return _ensure_user(spec, _known_hosts_text())
 
 
-def remove_user(name: str) -> None:
-    """Delete a test user (account, home, processes) and forget it; no-op if it does not exist."""
+def add_users(names: Iterable[str], key_type: str = "ed25519") -> list[User]:
+    """Create (or refresh) many test users at once, e.g. the scale benchmark's; down() removes them."""
     _require_root()
+    specs = [_user_spec((name, key_type)) for name in names]
     with _locked():
-        _remove_user(_user_spec((name, KEY_TYPES[0])).name)
-        kept = [u for u in _recorded_users() if u.name != name]
+        for node in CONFIG.nodes:
+            _ensure_host_keys(node)
+        known_hosts = _known_hosts_text()
+        return [_ensure_user(spec, known_hosts) for spec in specs]
+
+
+def remove_users(names: Iterable[str]) -> None:
+    """Delete test users (accounts, homes, processes) and forget them; absent ones are skipped."""
+    _require_root()
+    gone = {_user_spec((name, KEY_TYPES[0])).name for name in names}
+    with _locked():
+        for name in sorted(gone):
+            _remove_user(name)
+        kept = [u for u in _recorded_users() if u.name not in gone]
         if CONFIG.users_file.exists():
             CONFIG.users_file.write_text(json.dumps([[u.name, u.key_type] for u in kept], indent=1))
+
+
+def remove_user(name: str) -> None:
+    """Delete a test user (account, home, processes) and forget it; no-op if it does not exist."""
+    remove_users([name])
 
 
 def start_node(node: NodeRef) -> Node:
