@@ -106,7 +106,12 @@ listening_ports() {
 }
 
 #######################################
-# Succeed if something listens on TCP port $1 in this network namespace.
+# Succeed if a socket of this user listens on TCP port $1 in this network
+# namespace. Another user's server that picked the same port at the same
+# moment does not count: taking its socket for ours would send this server's
+# users to that other server, while ours dies of "address already in use"
+# (seen in a storm of 48 starts). Then ours is found dead and starts again on
+# another port.
 # Asked with `ss` (netlink: the listening sockets only) when there is one.
 # /proc/net/tcp walks the kernel's whole established-connections table
 # (about 4 ms of CPU per read with 262144 buckets, on every start's wait
@@ -114,16 +119,18 @@ listening_ports() {
 #######################################
 is_listening() {
   local out file table port
-  if [[ -n "${SS_EXE:-}" ]] && out=$("${SS_EXE}" -Hltn "sport = :$1" 2>/dev/null); then
-    [[ -n "${out}" ]]
+  if [[ -n "${SS_EXE:-}" ]] && out=$("${SS_EXE}" -Hltne "sport = :$1" 2>/dev/null); then
+    # ss names a socket's owner as uid:N, except root's.
+    if ((EUID == 0)); then [[ -n "${out}" ]]; else [[ "${out}" == *" uid:${EUID} "* ]]; fi
     return
   fi
   printf -v port '%04X' "$1"
   for file in /proc/net/tcp /proc/net/tcp6; do
     [[ -r "${file}" ]] || continue
     table="$(<"${file}")"
-    # "N: LOCAL_ADDR:PORT REMOTE_ADDR:PORT 0A ...": the local port, listening (0A).
-    [[ "${table}" =~ :${port}\ [0-9A-F]+:[0-9A-F]{4}\ 0A\  ]] && return 0
+    # "N: LOCAL:PORT REMOTE:PORT 0A TX:RX TR:WHEN RETRANSMITS UID ...": listening (0A), ours.
+    [[ "${table}" =~ :${port}\ +[0-9A-F]+:[0-9A-F]{4}\ +0A\ +[0-9A-F]+:[0-9A-F]+\ +[0-9A-F]+:[0-9A-F]+\ +[0-9A-F]+\ +${EUID}\  ]] \
+      && return 0
   done
   return 1
 }

@@ -323,3 +323,67 @@ def test_a_silent_node_keeps_its_server_for_the_grace_period_then_lets_it_go(alt
         cluster_mod.node_run(NODE1, ["kill", "-KILL", "--", f"-{state[silent[:2]]['pid']}"], check=False)
     hub.stop_server(*survivor[:2])
     assert wait_until(all_gone)
+
+
+# rss-bob's socket: bound at once, listening only when told (a file in his home appears).
+_LATE_LISTENER = """
+import os, socket, sys, time
+bound, go, stop = sys.argv[2:5]
+s = socket.socket()
+s.bind(("0.0.0.0", int(sys.argv[1])))
+open(bound, "w").close()
+while not os.path.exists(go):
+    if os.path.exists(stop):
+        sys.exit()
+    time.sleep(0.005)
+s.listen()
+while not os.path.exists(stop):
+    time.sleep(0.05)
+"""
+
+
+def test_a_port_another_user_takes_meanwhile_is_not_taken_for_the_server(cluster, alt_hub, tmp_path):
+    """rss-bob listens on the port rss-alice's start picked, in the moment between the pick and
+    her server's bind: her server dies of "address in use". The start must see that the
+    listener is not hers, rather than report her server started on bob's port."""
+    port = 59999
+    hub = alt_hub(f"c.RemoteSingularitySpawner.port_range = ({port}, {port})")
+    bob_home = cluster.user("rss-bob").home
+    bound, go, stop = (bob_home / f".rss-late-listener-{name}" for name in ("bound", "go", "stop"))
+    for path in (bound, go, stop):
+        path.unlink(missing_ok=True)
+    script = bob_home / ".rss-late-listener.py"
+    script.write_text(_LATE_LISTENER)
+    bob = threading.Thread(
+        target=cluster_mod.node_run,
+        args=(NODE1, ["/usr/bin/python3", "-I", str(script), str(port), str(bound), str(go), str(stop)]),
+        kwargs={"user": "rss-bob", "check": False},
+        daemon=True,
+    )
+    bob.start()
+    assert wait_until(bound.exists, timeout=10), "bob's socket was not bound"
+    servers = cluster.user("rss-alice").home / ".remote-singularity-spawner" / "servers"
+    since = time.time()
+
+    def tell_bob_when_alices_server_starts():
+        # start_singleuser.sh empties (or creates) the log just before it starts the server.
+        def started():
+            return [log for log in servers.glob("*/server.log") if log.stat().st_mtime >= since]
+
+        if wait_until(started, timeout=60, interval=0.005):
+            go.touch()
+
+    watcher = threading.Thread(target=tell_bob_when_alices_server_starts, daemon=True)
+    watcher.start()
+    try:
+        message = spawn_failure(hub, "rss-alice", {"host": NODE1})
+        watcher.join(5)
+        assert go.exists(), f"bob's socket never listened: the race was not set up ({message})"
+        assert f"no free port in {port}-{port}" in message, message
+        assert NODE1 in message
+        assert hub.server_model("rss-alice") is None
+    finally:
+        stop.touch()
+        bob.join(10)
+        for path in (bound, go, stop, script):
+            path.unlink(missing_ok=True)
