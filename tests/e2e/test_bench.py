@@ -1,4 +1,5 @@
-"""`invoke bench --quick` runs end to end and reports every measurement.
+"""`invoke bench --quick` and `invoke bench --scale --quick` run end to end and report every
+measurement.
 
 No timing is asserted here (figures depend on the machine): only that each
 row is there, measured on the servers it claims, with plausible values.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,43 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
     slurm = results["slurm"]
     assert len(slurm["latency"]["spawn_s"]) == settings["spawns"]
     assert all(0 < t < 180 for t in slurm["latency"]["spawn_s"])
+
+
+def test_quick_scale_bench_reports_every_row_for_48_users(cluster, tmp_path):
+    """`invoke bench --scale --quick`, what CI keeps working: 48 users, one server each, both spawners."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "bench", "--scale", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["settings"]["steps"] == [48] and results["command"] == "invoke bench --scale --quick"
+    measures = {row["measure"] for row in results["table"]}
+    for words in ("poll round: wall", "poll round: Hub CPU per server", "SSH logins / channels",
+                  "Hub memory per server", "Hub threads", "Hub CPU while idle", "sshd processes per node",
+                  "storm of 48", "Hub restart"):  # fmt: skip
+        assert any(words in m for m in measures), (words, measures)
+        assert words in proc.stdout  # the printed table
+    assert all(row["n"] == 48 for row in results["table"])
+
+    for side in ("ours", "local"):
+        (step,) = results[side]["steps"]
+        assert step["servers"] == 48
+        # Every poll of every round answered "running".
+        assert all(r["servers"] == r["running"] == 48 for r in step["poll"]["rounds"]), step["poll"]
+        assert step["storm"]["ready"] == step["storm"]["spawns"] == 48, step["storm"]["errors"]
+        assert step["restart"]["ready_after"] == 48
+        assert step["rss_bytes"] > results[side]["before"]["rss_bytes"] > 0
+    ours = results["ours"]["steps"][0]
+    # One kept connection per user: a poll round opens a channel per server and no connection.
+    assert ours["poll"]["ssh_channels_opened"] == 48 * len(ours["poll"]["rounds"])
+    assert ours["poll"]["ssh_connections_opened"] == ours["poll"]["sshd_logins"] == 0
+    # Both nodes hold the users' sessions: their sshd grew by more than one process per user.
+    before = results["ours"]["sshd_before"]
+    assert sum(ours["sshd_processes"].values()) - sum(before.values()) >= 48
+    # The users are gone again.
+    assert not [p.pw_name for p in pwd.getpwall() if p.pw_name.startswith("rss-scale-")]
