@@ -17,18 +17,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_bench_reports_every_row(cluster, tmp_path):
-    out = tmp_path / "bench.json"
-    # The fixture holds the cluster; the bench, its child, runs under that hold.
+def run_bench(out: Path, *options: str) -> tuple[dict, str]:
+    """`invoke bench OPTIONS --json OUT`: its results and what it printed."""
+    # The cluster fixture holds the cluster; the bench, its child, runs under that hold.
     proc = subprocess.run(
-        [sys.executable, "-m", "invoke", "bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "invoke", "bench", *options, "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_quick_bench_reports_every_row(cluster, tmp_path):
+    results, printed = run_bench(tmp_path / "bench.json", "--quick")
     settings = results["settings"]
     n = settings["servers"]
 
@@ -37,7 +41,7 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
                   "GET /hub/api/", "Hub memory", "spawn latency with certificates",
                   "certificate per login", "spawn latency with placement slurm"):  # fmt: skip
         assert any(words in m for m in measures), (words, measures)
-        assert words in proc.stdout  # the printed table
+        assert words in printed  # the printed table
     assert all(row["ours"] and row["reference"] for row in results["table"])
 
     ours, local = results["ours"], results["local"]
@@ -65,23 +69,14 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
 
 def test_quick_scale_bench_reports_every_row_for_48_users(cluster, tmp_path):
     """`invoke bench --scale --quick`, what CI keeps working: 48 users, one server each, both spawners."""
-    out = tmp_path / "scale.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "invoke", "bench", "--scale", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results, printed = run_bench(tmp_path / "scale.json", "--scale", "--quick")
     assert results["settings"]["steps"] == [48] and results["command"] == "invoke bench --scale --quick"
     measures = {row["measure"] for row in results["table"]}
     for words in ("poll round: wall", "poll round: Hub CPU per server", "SSH logins / channels",
                   "Hub memory per server", "Hub threads", "Hub CPU while idle", "sshd processes per node",
                   "storm of 48", "Hub restart"):  # fmt: skip
         assert any(words in m for m in measures), (words, measures)
-        assert words in proc.stdout  # the printed table
+        assert words in printed  # the printed table
     assert all(row["n"] == 48 for row in results["table"])
 
     for side in ("ours", "local"):
