@@ -14,6 +14,10 @@ from .ssh import Target, connect, default_log
 
 Opener = Callable[[Target, logging.Logger], fabric.Connection]
 SWEEP_INTERVAL = 5.0  # seconds between two looks for idle or dead connections, at most
+# Logins in progress to one node at once, at most: sshd's MaxStartups (10 by default)
+# drops unauthenticated connections beyond 10, as a Hub restart with many users on a node
+# would make; the others wait their turn.
+LOGINS_PER_NODE = 8
 
 
 class Pooled:
@@ -61,6 +65,7 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._entries: dict[Target, Pooled] = {}
         self._connecting: dict[Target, threading.Lock] = {}
+        self._logins: dict[str, threading.BoundedSemaphore] = {}
         self._next_sweep = 0.0
         self.opened = 0  # connections opened so far (for logs and benchmarks)
         self.channels = 0  # commands run (one channel each) so far, ditto
@@ -76,6 +81,7 @@ class ConnectionPool:
             self.close_idle()
         with self._lock:
             connecting = self._connecting.setdefault(target, threading.Lock())
+            logins = self._logins.setdefault(target.host, threading.BoundedSemaphore(LOGINS_PER_NODE))
         # One thread connects; the others for the same target wait and share.
         with connecting:
             with self._lock:
@@ -85,7 +91,8 @@ class ConnectionPool:
                     return entry
             if entry is not None:
                 self.discard(entry)
-            conn = self._open(target, log)
+            with logins:
+                conn = self._open(target, log)
             transport = conn.transport
             if transport is not None and self.keepalive:
                 transport.set_keepalive(self.keepalive)

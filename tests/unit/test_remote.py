@@ -208,6 +208,35 @@ def test_concurrent_first_operations_open_a_single_connection(ssh):
     assert commands(ssh).count("check_pid.sh") == 32
 
 
+def test_no_more_logins_at_once_to_one_node_than_sshd_accepts(ssh):
+    """A restarted Hub polls every server at once: 24 users log in to one node, and sshd
+    (MaxStartups 10) would drop connections beyond 10 not yet logged in."""
+    in_login, peak, lock = [0], [0], threading.Lock()
+
+    def opener(target, log):
+        with lock:
+            in_login[0] += 1
+            peak[0] = max(peak[0], in_login[0])
+        try:
+            return FakeSSH.__call__(ssh, target, log)  # takes its delay
+        finally:
+            with lock:
+                in_login[0] -= 1
+
+    ssh.delay = 0.05
+    pool = remote.ConnectionPool(opener=opener)
+
+    def poll(user):
+        with session(pool, make_target(user=user)) as s:
+            return s.run("check_pid.sh", []).exit_code
+
+    users = [f"user{i}" for i in range(24)]
+    with ThreadPoolExecutor(24) as ex:
+        assert list(ex.map(poll, users)) == [0] * 24
+    assert len(ssh.connections) == 24
+    assert peak[0] == remote.pool.LOGINS_PER_NODE
+
+
 def test_no_more_commands_at_once_on_a_connection_than_sshd_allows(ssh):
     running, peak, lock = [0], [0], threading.Lock()
 
