@@ -27,7 +27,7 @@ readonly RSS_RESERVED_ENV_RE='^(PATH|HOME|USER|LOGNAME|SHELL|PWD|OLDPWD|IFS|ENV|
 
 #######################################
 # Print a message to stderr and exit. Messages start with the script's
-# name: $0, or RSS_NAME for a script fed on stdin.
+# name: RSS_NAME (set by the launcher, or by a script fed on stdin), else $0.
 # Arguments: exit code, message...
 #######################################
 die() {

@@ -58,7 +58,7 @@ import_environment() {
       die "${RSS_EXIT_BAD_INPUT}" "invalid environment record on stdin (key '${key:0:40}')"
     fi
     if [[ "${key}" =~ ${RSS_RESERVED_ENV_RE} ]]; then
-      printf '%s: not overriding %s from the Hub\n' "${0##*/}" "${key}" >&2
+      printf '%s: not overriding %s from the Hub\n' "${RSS_NAME:-${0##*/}}" "${key}" >&2
       continue
     fi
     export "${record?}"
@@ -276,7 +276,7 @@ main() {
     local status=0
     wait "${pid}" || status=$?
     if grep -qiE 'address already in use|port [0-9]+ is already in use' -- "${log}"; then
-      printf '%s: port %s was taken meanwhile, retrying\n' "${0##*/}" "${port}" >&2
+      printf '%s: port %s was taken meanwhile, retrying\n' "${RSS_NAME:-${0##*/}}" "${port}" >&2
       continue
     fi
     log_tail "${log}"

@@ -476,6 +476,9 @@ def test_the_launcher_means_the_same_to_each_login_shell(tmp_path, shell):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "|".join(args) + "|"
     assert remote.parse_reply(out.returncode, out.stdout, out.stderr).data == {"ok": True}
+    # Without arguments, the script gets none (a sourced file would otherwise see the launcher's).
+    none = subprocess.run([path, "-c", remote.command_line(str(script), [])], capture_output=True, text=True)
+    assert none.stdout.splitlines()[0] == "|", none.stdout
     missing = subprocess.run(
         [path, "-c", remote.command_line(str(tmp_path / "gone.sh"), [])], capture_output=True, text=True
     )
