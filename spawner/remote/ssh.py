@@ -132,8 +132,8 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
 
 
 # AES-GCM first: its tag is checked inside `cryptography`, where paramiko's HMAC
-# ciphers compare every packet's MAC byte by byte in Python, which was a third of
-# the Hub's CPU for a poll (docs/benchmarks.md, "at scale"). The others stay as
+# ciphers compare every packet's MAC byte by byte in Python, about a fifth of the
+# Hub's CPU for a poll (docs/benchmarks.md, "At scale"). The others stay as
 # fallbacks for an sshd without GCM.
 _AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
@@ -239,7 +239,7 @@ class CommandTimeout(RemoteError):
 # How long a kept connection's reader thread sleeps in recv() before paramiko
 # looks at its keepalive and closing flags. paramiko's own 0.1 s wakes every
 # idle connection ten times a second: with hundreds of users, that alone was a
-# steady share of the Hub's CPU (docs/benchmarks.md, "at scale").
+# steady share of the Hub's CPU (docs/benchmarks.md, "At scale").
 READER_WAKEUP = 5.0
 _CHUNK = 32768
 
