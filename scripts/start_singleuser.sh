@@ -89,17 +89,20 @@ export_for_container() {
 }
 
 #######################################
-# Print the TCP ports on which something listens in this network namespace.
+# Print the TCP ports on which something listens in this network namespace;
+# with a UID ($1), only those of that user's sockets.
 # Each /proc file is read in one go: bash reads a /proc file byte by byte,
 # and the kernel regenerates it on every read.
 #######################################
 listening_ports() {
-  local file table local_address state _
+  local owner="${1:-}" file table local_address state uid _
   for file in /proc/net/tcp /proc/net/tcp6; do
     [[ -r "${file}" ]] || continue
     table="$(<"${file}")"
-    while read -r _ local_address _ state _; do
-      [[ "${state}" == "0A" ]] && printf '%d\n' "0x${local_address##*:}"
+    # "N: LOCAL:PORT REMOTE:PORT STATE TX:RX TR:WHEN RETRANSMITS UID ...", 0A: listening.
+    while read -r _ local_address _ state _ _ _ uid _; do
+      [[ "${state}" == "0A" && ( -z "${owner}" || "${uid}" == "${owner}" ) ]] \
+        && printf '%d\n' "0x${local_address##*:}"
     done <<<"${table}"
   done
   return 0
@@ -118,21 +121,14 @@ listening_ports() {
 # loop at once in a storm of starts), so it is only the fallback.
 #######################################
 is_listening() {
-  local out file table port
+  local out
   if [[ -n "${SS_EXE:-}" ]] && out=$("${SS_EXE}" -Hltne "sport = :$1" 2>/dev/null); then
     # ss names a socket's owner as uid:N, except root's.
     if ((EUID == 0)); then [[ -n "${out}" ]]; else [[ "${out}" == *" uid:${EUID} "* ]]; fi
     return
   fi
-  printf -v port '%04X' "$1"
-  for file in /proc/net/tcp /proc/net/tcp6; do
-    [[ -r "${file}" ]] || continue
-    table="$(<"${file}")"
-    # "N: LOCAL:PORT REMOTE:PORT 0A TX:RX TR:WHEN RETRANSMITS UID ...": listening (0A), ours.
-    [[ "${table}" =~ :${port}\ +[0-9A-F]+:[0-9A-F]{4}\ +0A\ +[0-9A-F]+:[0-9A-F]+\ +[0-9A-F]+:[0-9A-F]+\ +[0-9A-F]+\ +${EUID}\  ]] \
-      && return 0
-  done
-  return 1
+  out=$(listening_ports "${EUID}")
+  [[ $'\n'"${out}"$'\n' == *$'\n'"$1"$'\n'* ]]
 }
 
 #######################################

@@ -86,18 +86,6 @@ def servers(names: Sequence[str], nodes: Sequence[str]) -> list[Server]:
 # --------------------------------------------------------------------------- what is read
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS (bytes) and Threads of a process."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == "VmRSS":
-            out["rss_bytes"] = int(value.split()[0]) * 1024
-        elif key == "Threads":
-            out["threads"] = int(value)
-    return out
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -191,7 +179,7 @@ def step(hub: Hub, names: Sequence[str], plan: Sequence[Server], s: Settings, sa
     """The measurements with len(names) servers running (all of *plan* already spawned)."""
     n = len(names)
     time.sleep(2)  # the last spawns' follow-up (progress, activity) is over
-    out: dict = {"servers": n, **proc_status(hub.process.pid)}
+    out: dict = {"servers": n, **hub.process_status()}
     out["sshd_processes"] = sshd_processes() if remote else {}
     say(f"{n}: idle Hub CPU over {s.idle_s:g} s, {s.poll_rounds} poll rounds")
     out["idle_cpu_per_s"] = idle_cpu(hub, s.idle_s)
@@ -227,7 +215,7 @@ def run_side(c, s: Settings, workdir: Path, offset: int, extra: str, remote: boo
     plan = servers(names, nodes)
     out: dict = {"steps": []}
     with running(bench.new_hub(c, workdir, offset, extra), names, s.workers) as hub:
-        out["before"] = proc_status(hub.process.pid)
+        out["before"] = hub.process_status()
         out["sshd_before"] = sshd_processes() if remote else {}
         spawned = 0
         for n in s.steps:

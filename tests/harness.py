@@ -170,12 +170,20 @@ class Hub:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def process_status(self) -> dict[str, int]:
+        """The Hub process's resident memory (rss_bytes) and thread count (threads)."""
+        out = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "VmRSS":
+                out["rss_bytes"] = int(value.split()[0]) * 1024
+            elif key == "Threads":
+                out["threads"] = int(value)
+        return out
+
     def rss_bytes(self) -> int:
         """The Hub process's resident memory."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc/PID/status")
+        return self.process_status()["rss_bytes"]
 
     def log_tail(self, lines: int = 60) -> str:
         try:
