@@ -67,7 +67,7 @@ def _checkout_package():
 
 def _configdoc():
     _checkout_package()
-    from remotesingularityspawner import configdoc  # noqa: PLC0415
+    from remotesingularityspawner.admin import configdoc  # noqa: PLC0415
 
     return configdoc
 
@@ -75,8 +75,8 @@ def _configdoc():
 # `invoke check` and `invoke deploy`: the admin command's own tasks
 # (`remote-singularity-spawner check|deploy` after pip install).
 _checkout_package()
-from remotesingularityspawner.admin import check as check_nodes  # noqa: E402, F401
-from remotesingularityspawner.admin import deploy as deploy_nodes  # noqa: E402, F401
+from remotesingularityspawner.admin.command import check as check_nodes  # noqa: E402, F401
+from remotesingularityspawner.admin.command import deploy as deploy_nodes  # noqa: E402, F401
 
 
 @task(help={"check": "only check that the file is up to date (fails if not)"})

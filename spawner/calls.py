@@ -10,9 +10,9 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 
-from .options import Bind
 from .remote import ScriptCall, env_payload
 from .remote.protocol import check_words
+from .request import Bind
 
 
 def server_dir(remote_state_dir: str, username: str, server_name: str) -> str:

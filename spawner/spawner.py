@@ -1,32 +1,32 @@
 """RemoteSingularitySpawner: the Hub's side of one server, from the form to the node.
 
-One spawn, in the order it happens:
+The spawner orchestrates; it holds its parts, each chosen once from the
+configuration, and builds no command line and holds no socket:
 
-1. the form (form.py) shows the nodes of ``nodelist`` (nodes.py) with their
-   status (status.py), asked in worker threads;
-2. ``check_options`` (form.py) validates the user's choice (options.py)
-   before any connection, also as JupyterHub's ``apply_user_options`` hook;
-3. ``start`` builds the ``start_singleuser.sh`` call (calls.py: argv and the
-   environment for stdin) and runs it in a worker thread over SSH as the user
-   (remote/), relaying its steps to the spawn page (progress.py);
-4. ``poll`` and ``stop`` run ``check_pid.sh`` and ``stop.sh`` with what the
-   state keeps (state.py); with internal_ssl the certificates go to the node
-   first (certs.py).
+- a placement (placement/: ``ssh``, the user picks a node; ``slurm``, a job
+  allocates one) offers the form, validates the user's options once per spawn
+  into a request, and places the server (a :class:`Placed` value: node,
+  address, login, job);
+- a login method (login.py: the user's key, or a certificate of the Hub's CA)
+  gives the SSH layer its target; node_access.py runs the node scripts over
+  it in worker threads (remote/), with what the Hub's spawners share
+  (hub_resources.py);
+- internal TLS (internal_tls.py) makes the server's certificate for the
+  placed node and copies it there.
 
-With ``placement = "slurm"`` (slurm.py) the user picks a partition and
-resources instead of a node; ``start`` first submits a job that holds the
-allocation and waits for its node, then starts the server there as a step of
-the job; poll, stop and a failed start also end the job.
-
-Threads, SSH connections and caches are shared by all spawners of the Hub
-(resources.py). This class gathers the values and orchestrates; it builds no
-command line and holds no socket.
+One spawn: ``apply_user_options`` validates the request; with internal_ssl,
+``create_certs``/``move_certs`` make the certificate when the node is known
+before the start; ``start`` places the server, starts ``start_singleuser.sh``
+there (calls.py) and relays its steps (progress.py); ``poll`` and ``stop`` run
+``check_pid.sh`` and ``stop.sh`` with what the state keeps (state.py), and a
+server that ended releases its placement and certificate.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import time
+from functools import cached_property
 
 from jupyterhub.spawner import Spawner
 from traitlets import (
@@ -44,24 +44,25 @@ from traitlets import (
     validate,
 )
 
-from . import calls, remote
-from . import progress as progress_mod
-from .access import NodeAccess
-from .certs import InternalTLS
-from .form import NodeChoice, apply_user_options, options_from_form, render_options_form
-from .options import OptionsError, parse_binds
-from .resources import in_background
-from .slurm import SlurmPlacement
-from .state import KeptState
+from . import remote
+from . import state as state_mod
+from .internal_tls import CertsOnNode
+from .parts import Parts, make_parts
+from .placement import (
+    Placed,
+    apply_user_options,
+    options_from_form,
+    render_options_form,
+)
+from .placement.nodes import Node
+from .placement.slurm_request import DEFAULTS as SLURM_DEFAULTS
+from .progress import Progress
+from .request import OptionsError
+from .server_process import ServerProcess
+from .state import Kept
 
 
-def _start_on_node(session: remote.NodeSession, call: remote.ScriptCall, label: str, report):
-    """Blocking: run start_singleuser.sh; its reply and the scripts' version."""
-    report(25, f"connected; preparing the scripts on {label}")
-    return session.call(call, on_progress=report), session.version
-
-
-class RemoteSingularitySpawner(KeptState, SlurmPlacement, NodeAccess, NodeChoice, InternalTLS, Spawner):
+class RemoteSingularitySpawner(Spawner):
     """Start single-user servers in Singularity/Apptainer on a node the user picks
     (placement "ssh") or that Slurm allocates (placement "slurm")."""
 
@@ -95,7 +96,7 @@ class RemoteSingularitySpawner(KeptState, SlurmPlacement, NodeAccess, NodeChoice
     ).tag(config=True)
 
     slurm_default_resources = Dict(
-        {"cpus": 1, "memory": "1G", "gpus": 0, "time": "1:00:00"},
+        SLURM_DEFAULTS,
         help="""placement slurm: what a job asks for when the user leaves a field empty: cpus,
         memory ("4G", "512M"), gpus and time ("H:MM:SS" or minutes). A default above a
         partition's limit is lowered to it.""",
@@ -350,151 +351,107 @@ class RemoteSingularitySpawner(KeptState, SlurmPlacement, NodeAccess, NodeChoice
             raise ValueError(f"port_range {low}-{high} must lie within 1024-65535")
         return proposal["value"]
 
-    # --- the server's state (see state.py) ---------------------------------------------
-
-    node = Unicode("")
-    address = Unicode("")
-    pid = Integer(0)
-    start_time = Integer(0)
-    scripts_version = Unicode("")
-    log_path = Unicode("")
-    login = Unicode("")
-    certs_dir = Unicode("")
-    job_id = Unicode("")
-    partition = Unicode("")
-
-    # The clock of the poll grace period (tests set their own).
+    # The clock of start_timeout and the poll grace period (tests set their own).
     clock = staticmethod(time.monotonic)
-    _unreachable_since: float | None = None
-    _starting = False
-    # The start_singleuser.sh call in flight and its target, while start() waits for it;
-    # stop() takes it (sets None) to stop what it starts.
-    _pending_start: tuple[asyncio.Future, remote.Target] | None = None
+    # Whether the server's port answers when its node cannot be asked (tests set their own).
+    probe_port = staticmethod(remote.probe_port)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._steps = progress_mod.Progress()
+        self._steps = Progress()
+        # The running server, as the state keeps it (None: none).
+        self.placed: Placed | None = None
+        self.process: ServerProcess | None = None
+        # The request of the spawn under way: (the options it was made from, the request).
+        self._request: tuple[dict, object] | None = None
+        self._certs_moved = False  # move_certs put this spawn's certificate on its node
+        self._starting = False
+
+    @cached_property
+    def parts(self) -> Parts:
+        """The spawner's parts, made at first use from its configuration (parts.py)."""
+        return make_parts(self, self._steps, super().create_certs)
+
+    def _login(self) -> str:
+        """The login name on the nodes; SpawnException naming it if it is not valid."""
+        try:
+            return self.parts.login.name()
+        except OptionsError as e:
+            raise self.parts.fail(f"Cannot start your server: {e}", "options") from None
+
+    async def validated_request(self, user_options=None, again: bool = False):
+        """The placement's request from *user_options* (default: this spawn's), validated once
+        per spawn (*again*: anew); SpawnException (400) naming a bad value."""
+        options = dict((self.user_options if user_options is None else user_options) or {})
+        if again or self._request is None or self._request[0] != options:
+            self._request = (options, await self.parts.placer.validate(options))
+        return self._request[1]
 
     # --- start ---------------------------------------------------------------------------
 
     async def start(self):
-        """Start the server on the chosen node; return its (address, port).
+        """Start the server where the placement puts it; return its (address, port).
 
         Raises SpawnException with a sentence naming the node and the cause.
         """
-        self._starting, self._start_began = True, self.clock()
+        self._starting = True
+        deadline = self.clock() + self.start_timeout
         self._steps.restart()
         try:
-            return await self._start()
+            return await self._start(deadline)
         except Exception:
-            # A server that did not start needs no certificates and no job (the Hub
+            # A server that did not start needs no certificate and no job (the Hub
             # calls stop() only for a server that poll() says is running).
-            await self._release()
+            await self._release(self.placed, self.parts.tls.on_node)
+            self.placed = None
             raise
         finally:
-            self._starting = False
-            self._pending_start = None
+            self._starting, self._request, self._certs_moved = False, None, False
 
-    async def _start(self):
-        if not self.singularity_container_path:
-            raise self._fail(
-                "the Hub is not configured: c.RemoteSingularitySpawner.singularity_container_path is empty",
-                reason="config",
-            )
-        try:
-            default_binds = parse_binds(self.default_bind_path)
-        except OptionsError as e:
-            raise self._fail(
-                f"the Hub is misconfigured: c.RemoteSingularitySpawner.default_bind_path: {e}",
-                reason="config",
-            ) from None
-        node, binds, job = await self._place()
-        login = self._login()
-        self.ip, self.port = node.address, 0
-        gpu_args = self.gpu_singularity_args if node.label in self.gpu_nodes else []
-        try:
-            call = calls.start_call(
-                exe=self.singularity_exe_path,
-                image=self.singularity_container_path,
-                server_dir=self._server_dir(),
-                port_range=self.port_range,
-                timeout=max(5, int(self._time_left() - self.ssh_connect_timeout - 5)),
-                singularity_args=[*self.singularity_args, *gpu_args],
-                binds=[*default_binds, *binds],
-                command=[*self.cmd, *self.get_args()],
-                env=self.get_env(),
-                slurm_job=job,
-            )
-        except ValueError as e:
-            raise self._fail(f"the Hub is misconfigured: {e}", reason="config") from None
+    async def _start(self, deadline: float):
+        default_binds = self.parts.server.configured_binds()
+        request = await self.validated_request()
+        placed = self.placed = await self.parts.placer.place(request, self._login(), self._steps, deadline)
+        self.ip, self.port = placed.address, 0
+        if self.internal_ssl and not self._certs_moved:
+            # The node became known only now (a Slurm job's): its certificate, made for it.
+            self.cert_paths = await self.parts.tls.install(Node(placed.node, placed.address), placed.login)
+        binds, command = [*default_binds, *request.binds], [*self.cmd, *self.get_args()]
+        call = self.parts.server.start_call(placed, binds, command, self.get_env(), deadline - self.clock())
+        certs = self.parts.tls.on_node
 
-        target = self._target(node.address, login)
-        self.log.info("Starting %s on %s (%s) as %s", self._log_name, node.label, node.address, login)
-        self._steps.report(10, f"connecting to {node.label} as {login}")
-        future = asyncio.ensure_future(
-            self._on_node(target, _start_on_node, call, node.label, self._steps.reporter())
-        )
-        self._pending_start = (future, target)
-        try:
-            reply, version = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The Hub gave up (start_timeout): do not leave a server behind.
-            in_background(self._stop_late_start(future, target))
-            raise
-        except Exception as e:
-            message = f"Cannot start your server on {node.label}: {self._explain(e)}"
-            raise self._fail(message, reason="ssh") from None
-        if self._pending_start is None:
-            raise self._fail(f"Your server on {node.label} was stopped while it started", reason="stopped")
-        if reply.exit_code != remote.ExitCode.OK:
-            raise self._fail(
-                f"Your server on {node.label} did not start (exit code {reply.exit_code}):\n{reply.stderr}",
-                reason="start",
-            )
-        try:
-            pid, start_time, port = (int(reply.data[k]) for k in ("pid", "start_time", "port"))
-        except (KeyError, TypeError, ValueError):
-            raise self._fail(
-                f"unexpected reply from start_singleuser.sh on {node.label}: {reply.data!r}",
-                reason="protocol",
-            ) from None
-        self.pid, self.start_time, self.port = pid, start_time, port
-        self.log_path = str(reply.data.get("log", ""))
-        self.node, self.address, self.login, self.scripts_version = node.label, node.address, login, version
-        self._unreachable_since = None
-        self._steps.report(90, f"the server is up on {node.label}; waiting for it to answer the Hub")
+        def stop_when_started(future, placed):
+            self.parts.resources.in_background(self._stop_late_start(future, placed, certs))
+
+        process = self.process = await self.parts.server.start(placed, call, stop_when_started)
+        self.port = process.port
+        self.parts.poll_grace.reset()
+        self._steps.report(90, f"the server is up on {placed.node}; waiting for it to answer the Hub")
         self.log.info(
             "Started %s on %s: pid %d, port %d, log %s",
-            self._log_name,
-            node.label,
-            self.pid,
-            self.port,
-            self.log_path,
-        )
-        return (node.address, self.port)
-
-    async def _stop_late_start(self, future, target):
-        """Stop what a start the Hub gave up on (or stopped) started, once it returns."""
-        # The Hub clears the state before this is done: remember the certificates and job.
-        certs_location, job = self._certs_location(), (self.job_id, self.login)
-        try:
-            reply, _ = await future
-            pid, start_time = reply.data.get("pid"), reply.data.get("start_time")
-            if reply.exit_code == remote.ExitCode.OK and pid:
-                self.log.warning(
-                    "Stopping %s: it finished starting after the Hub gave up on it or stopped it",
-                    self._log_name,
-                )
-                await self._on_node(target, remote.NodeSession.call, self._stop_call(pid, start_time))
-        except Exception as e:  # noqa: BLE001 - a background clean-up logs whatever failed
-            self.log.error("Could not clean up the late start of %s: %s", self._log_name, self._explain(e))
-        await self._release(certs_location, job)
-
-    def _stop_call(self, pid, start_time, now=False) -> remote.ScriptCall:
-        return calls.stop_call(
-            pid, start_time, self._server_dir(),
-            self.term_timeout, self.kill_timeout, self.ssh_command_timeout, now,
+            self._log_name, placed.node, process.pid, process.port, process.log_path,
         )  # fmt: skip
+        return (placed.address, process.port)
+
+    async def _stop_late_start(self, future, placed: Placed, certs: CertsOnNode | None):
+        """Stop what a start the Hub gave up on (or stopped) started, then release it.
+
+        *placed* and *certs* are passed: the Hub clears the state before this is done.
+        """
+        await self.parts.server.stop_late_start(future, placed)
+        await self._release(placed, certs)
+
+    async def _release(self, placed: Placed | None, certs: CertsOnNode | None) -> None:
+        """What a server that ended (or never started) leaves: its certificate, its placement."""
+        await self.parts.tls.remove(certs)
+        if placed is not None:
+            await self.parts.placer.release(placed)
+
+    async def _release_kept(self) -> None:
+        """Release the running server's certificate and placement, once."""
+        await self._release(self.placed, self.parts.tls.on_node)
+        if self.placed is not None:
+            self.placed = dataclasses.replace(self.placed, job_id="")
 
     # --- poll ----------------------------------------------------------------------------
 
@@ -502,26 +459,38 @@ class RemoteSingularitySpawner(KeptState, SlurmPlacement, NodeAccess, NodeChoice
         """None while the server runs (or starts), else an exit status (0: not started)."""
         if self._starting:
             return None
-        if not self.pid:
+        if self.process is None:
             return 0
-        target = self._target(self.address, self.login)
-        call = calls.check_call(self.pid, self.start_time, self.ssh_command_timeout)
+        placed = self.placed
         try:
-            reply = await self._on_node(target, remote.NodeSession.call, call)
+            reply = await self.parts.server.check(placed, self.process)
         except remote.CertificateSettingError:
             # Logged once, where the settings are read; not again at every poll.
             return await self._unreachable("the Hub's certificate settings are unusable (see its log)")
         except Exception as e:  # noqa: BLE001 - any failure to ask the node
-            return await self._unreachable(self._explain(e))
+            return await self._unreachable(self.parts.access.explain(e))
         if reply.exit_code == remote.ExitCode.OK:
-            self._unreachable_since = None
+            self.parts.poll_grace.reset()
             return None
         if reply.exit_code == remote.ExitCode.NOT_RUNNING:
-            self.log.info("%s on %s is no longer running", self._log_name, self.node)
+            self.log.info("%s on %s is no longer running", self._log_name, placed.node)
             # The Hub calls stop() only for a running server: clean up here.
-            await self._release()
+            await self._release_kept()
             return 0
         return await self._unreachable(f"check_pid.sh failed (exit code {reply.exit_code}): {reply.stderr}")
+
+    async def _unreachable(self, error: str):
+        """Poll could not ask the node: ask the placement, then the grace period."""
+        if await self.parts.placer.gone(self.placed):
+            await self._release_kept()
+            return 1
+        status = await self.parts.poll_grace.verdict(self.placed, self.process.port, error)
+        if status is not None and self.placed.job_id:
+            # Gone: its job must not keep holding the allocation. In the background: on a
+            # dead node the job ends only once Slurm gives the node up, and the Hub should
+            # hear now that the server is gone.
+            self.parts.resources.in_background(self._release_kept())
+        return status
 
     # --- stop ----------------------------------------------------------------------------
 
@@ -530,48 +499,87 @@ class RemoteSingularitySpawner(KeptState, SlurmPlacement, NodeAccess, NodeChoice
 
         *now*: SIGKILL right after SIGTERM, without waiting term_timeout.
         """
-        if not self.pid:
-            if self._pending_start is not None:
+        if self.process is None:
+            pending = self.parts.server.take_pending()
+            if pending is not None:
                 # Still starting on the node (the Hub shuts down with cleanup_servers):
                 # wait for it and stop what it started, or it would be left running.
-                future, target = self._pending_start
-                self._pending_start = None
                 self.log.info("Stopping %s once its start on the node returns", self._log_name)
-                await self._stop_late_start(future, target)
+                await self._stop_late_start(*pending, self.parts.tls.on_node)
             return
-        target = self._target(self.address, self.login)
-        call = self._stop_call(self.pid, self.start_time, now)
+        placed, process = self.placed, self.process
         try:
-            reply = await self._on_node(target, remote.NodeSession.call, call)
+            reply = await self.parts.server.stop(placed, process, now)
         except Exception as e:  # noqa: BLE001 - the Hub forgets the server either way
             self.log.error(
                 "Cannot stop %s (pid %d on %s): %s. It may still be running there.",
-                self._log_name,
-                self.pid,
-                self.node,
-                self._explain(e),
-            )
-            if self.job_id:  # scancel ends the server wherever it runs
-                await self._cancel_job(self.job_id, self.login)
+                self._log_name, process.pid, placed.node, self.parts.access.explain(e),
+            )  # fmt: skip
+            await self.parts.placer.release(placed)  # scancel ends the server wherever it runs
             return
         if reply.exit_code != remote.ExitCode.OK:
             raise RuntimeError(
-                f"stop.sh failed for {self._log_name} on {self.node} "
+                f"stop.sh failed for {self._log_name} on {placed.node} "
                 f"(exit code {reply.exit_code}): {reply.stderr}"
             )
-        self.log.info("Stopped %s on %s (%s)", self._log_name, self.node, reply.data.get("signal", "?"))
-        self.pid = 0
-        await self._release()
+        self.log.info("Stopped %s on %s (%s)", self._log_name, placed.node, reply.data.get("signal", "?"))
+        self.process = None
+        await self._release_kept()
+
+    # --- internal_ssl ----------------------------------------------------------------------
+
+    async def create_certs(self):
+        """The server's certificate, naming its node when that is known before the start.
+
+        JupyterHub calls this (with ``c.JupyterHub.internal_ssl``) after the user's
+        options are applied and before ``start()``. With placement slurm the node is
+        known only once the job runs: start() makes the certificate then.
+        """
+        node = self.parts.placer.node_before_start(await self.validated_request())
+        return {} if node is None else await self.parts.tls.create(node)
+
+    async def move_certs(self, paths):
+        """Copy the key, certificate and CA to the node; return their paths there."""
+        if not paths:
+            return {}
+        node = self.parts.placer.node_before_start(await self.validated_request())
+        moved = await self.parts.tls.move(paths, node, self._login())
+        self._certs_moved = True
+        return moved
+
+    # --- state -----------------------------------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        if self.process is not None:
+            certs = self.parts.tls.on_node.directory if self.parts.tls.on_node else ""
+            state.update(state_mod.dump(Kept(self.placed, self.process, certs)))
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        if not state.get("pid"):
+            return
+        try:
+            kept = state_mod.restore(state)
+        except state_mod.StateError as e:
+            self.log.error("RemoteSingularitySpawner: cannot load the state of %s: %s", self._log_name, e)
+            return
+        self.placed, self.process, self.port = kept.placed, kept.process, kept.process.port
+        if kept.certs_dir:
+            self.parts.tls.on_node = CertsOnNode(kept.placed.address, kept.placed.login, kept.certs_dir)
+
+    def clear_state(self):
+        super().clear_state()
+        self.placed, self.process, self.port = None, None, 0
+        self.parts.tls.on_node = None
+        self.parts.poll_grace.reset()
+        self._steps.clear()
 
     # --- progress --------------------------------------------------------------------------
 
     async def progress(self):
-        """The steps of the start under way, as JupyterHub's progress events.
-
-        Replays the steps so far to a late listener (the spawn page opens
-        after the start began); JupyterHub ends the stream when the spawn
-        is over and adds the final event itself (ready, or failed with the
-        reason).
-        """
+        """The steps of the start under way, as JupyterHub's progress events, replayed to a
+        late listener; JupyterHub ends the stream and adds the final event itself."""
         async for event in self._steps.events():
             yield event

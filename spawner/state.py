@@ -1,12 +1,19 @@
 """What the Hub keeps of a running server, so that a restarted Hub can poll and stop it.
 
-The one place the state's fields are documented. A state carries
+The one place the state's fields are documented. Each part keeps its own value
+(the placement's :class:`Placed`, the :class:`ServerProcess`, the TLS files'
+directory); they are saved and loaded together here. A state carries
 ``version``; :func:`restore` reads it: a state written before versions were
 read (no ``version``) is taken as version 1, and a version newer than this
 spawner knows is refused (the server is then not recognised as running).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .placement import Placed
+from .server_process import ServerProcess
 
 STATE_VERSION = 2
 
@@ -31,13 +38,27 @@ class StateError(ValueError):
     """A saved state this spawner cannot read; the message says why."""
 
 
-def dump(values: dict) -> dict:
-    """The state to save for a server, *values* holding every field."""
+@dataclass(frozen=True)
+class Kept:
+    """Everything kept of a running server: where it was placed, its process, its TLS files."""
+
+    placed: Placed
+    process: ServerProcess
+    certs_dir: str = ""
+
+
+def dump(kept: Kept) -> dict:
+    """The state to save for a running server."""
+    values = {
+        **kept.placed.to_state(),
+        **{name: getattr(kept.process, name) for name in ServerProcess.FIELDS},
+    }
+    values["certs_dir"] = kept.certs_dir
     return {"version": STATE_VERSION, **{name: values[name] for name in FIELDS}}
 
 
-def restore(state: dict) -> dict:
-    """The fields of a saved *state* (only those present); StateError if unreadable."""
+def restore(state: dict) -> Kept:
+    """What a saved *state* keeps; StateError if it cannot be read."""
     version = state.get("version", 1)
     if not isinstance(version, int) or version > STATE_VERSION:
         raise StateError(
@@ -49,36 +70,15 @@ def restore(state: dict) -> dict:
     # Upgrades of older versions, one step at a time.
     if version < 2:
         values.update(job_id="", partition="")
-    return values
-
-
-class KeptState:
-    """The spawner's get_state, load_state and clear_state, from FIELDS.
-
-    Mixed into RemoteSingularitySpawner, whose traits of the same names hold the values.
-    """
-
-    def get_state(self):
-        state = super().get_state()
-        if self.pid:
-            state.update(dump({name: getattr(self, name) for name in FIELDS}))
-        return state
-
-    def load_state(self, state):
-        super().load_state(state)
-        if not state.get("pid"):
-            return
-        try:
-            values = restore(state)
-        except StateError as e:
-            self.log.error("RemoteSingularitySpawner: cannot load the state of %s: %s", self._log_name, e)
-            return
-        for name, value in values.items():
-            setattr(self, name, value)
-
-    def clear_state(self):
-        super().clear_state()
-        for name in FIELDS:
-            setattr(self, name, self.trait_defaults(name))
-        self._unreachable_since = None
-        self._steps.clear()
+    try:
+        process = ServerProcess(
+            pid=int(values["pid"]),
+            start_time=int(values.get("start_time", 0)),
+            port=int(values.get("port", 0)),
+            log_path=str(values.get("log_path", "")),
+            scripts_version=str(values.get("scripts_version", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise StateError(f"state {state!r} has no usable pid, start_time or port: {e}") from None
+    placed = Placed.from_state({k: str(v) for k, v in values.items() if k in Placed.FIELDS})
+    return Kept(placed, process, str(values.get("certs_dir", "")))

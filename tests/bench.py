@@ -332,7 +332,7 @@ c.RemoteSingularitySpawner.known_hosts_files = [{known_hosts!r}]
 
 def run_certificates(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
     """Spawn latency with certificates, the nodes made to trust a CA by deploy."""
-    from remotesingularityspawner import deploy  # noqa: PLC0415
+    from remotesingularityspawner.admin import deploy  # noqa: PLC0415
 
     workdir.mkdir(parents=True)
     ca = workdir / "ssh_ca"

@@ -20,10 +20,11 @@ from tornado import web
 def _ssh_opened() -> tuple[int, int]:
     """SSH connections and channels the spawner opened so far (none with another spawner)."""
     try:
-        from remotesingularityspawner.resources import shared  # noqa: PLC0415 - only with this spawner
+        from remotesingularityspawner.hub_resources import HubResources  # noqa: PLC0415 - only this spawner
     except ImportError:
         return 0, 0
-    return shared.connections_opened(), shared.channels_opened()
+    resources = HubResources.current()
+    return resources.connections_opened(), resources.channels_opened()
 
 
 class PollRoundHandler(APIHandler):

@@ -2,6 +2,7 @@
 
 - :mod:`.protocol`: the wire format with the scripts (argv, stdin records, replies);
 - :mod:`.bundle`: the scripts of one version and its hash;
+- :mod:`.errors`: what can go wrong on the way;
 - :mod:`.ssh`: log in with the host key verified, run one command;
 - :mod:`.certificates`: the Hub's CA, a fresh key and certificate per login;
 - :mod:`.known_hosts`: known_hosts files as sites have them (hashed names, markers);
@@ -11,6 +12,7 @@
 
 from .bundle import DEFAULT_NODE_SCRIPTS_DIR, SCRIPT_FILES, ScriptBundle, packaged_scripts_dir
 from .certificates import (
+    Authorities,
     CAError,
     CertificateAuthority,
     CertificateRequest,
@@ -18,6 +20,7 @@ from .certificates import (
     ValidityError,
     key_id,
 )
+from .errors import CommandTimeout, ConnectError, HostKeyError, IdentityError, RemoteError
 from .pool import ConnectionPool
 from .protocol import (
     ExitCode,
@@ -33,11 +36,7 @@ from .protocol import (
 )
 from .session import IDEMPOTENT_SCRIPTS, RECHECK_SCRIPT, NodeSession
 from .ssh import (
-    CommandTimeout,
-    ConnectError,
-    HostKeyError,
-    IdentityError,
-    RemoteError,
+    Caches,
     Target,
     connect,
     find_private_key,
@@ -47,7 +46,8 @@ from .ssh import (
 )
 
 __all__ = [
-    "DEFAULT_NODE_SCRIPTS_DIR", "IDEMPOTENT_SCRIPTS", "RECHECK_SCRIPT", "SCRIPT_FILES", "CAError",
+    "Authorities", "Caches", "DEFAULT_NODE_SCRIPTS_DIR", "IDEMPOTENT_SCRIPTS", "RECHECK_SCRIPT",
+    "SCRIPT_FILES", "CAError",
     "CertificateAuthority", "CertificateRequest", "CertificateSettingError", "CommandTimeout",
     "ConnectError", "ConnectionPool", "ExitCode", "HostKeyError", "IdentityError", "LineRelay", "NodeSession",
     "ProgressCallback", "RemoteError", "Reply", "ScriptBundle", "ScriptCall", "Target",

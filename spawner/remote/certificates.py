@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import ssh
 
-from .ssh import IdentityError, default_log
+from .errors import IdentityError, default_log
 
 MIN_VALIDITY = 30
 MAX_VALIDITY = 24 * 3600
@@ -141,44 +141,51 @@ class CertificateRequest:
     validity: int = 300
     source_addresses: tuple[str, ...] = ()
 
-    def login_key(self, log: logging.Logger = default_log) -> paramiko.PKey:
-        """A fresh key and certificate; CertificateSettingError if the settings are unusable."""
+    def login_key(
+        self, log: logging.Logger = default_log, authorities: Authorities | None = None
+    ) -> paramiko.PKey:
+        """A fresh key and certificate; CertificateSettingError if the settings are unusable.
+
+        *authorities*: where the CA is kept loaded (the Hub's); None: read it now.
+        """
         if not MIN_VALIDITY <= self.validity <= MAX_VALIDITY:
             raise ValidityError(
                 f"{self.validity} seconds is outside {MIN_VALIDITY} s to 24 h ({MAX_VALIDITY} s)"
             )
-        return authority(self.ca_path, log).login_key(self)
+        authorities = authorities if authorities is not None else Authorities()
+        return authorities.get(self.ca_path, log).login_key(self)
 
 
-_authorities: dict[str, tuple[tuple | None, CertificateAuthority | CAError]] = {}
-_authorities_lock = threading.Lock()
+class Authorities:
+    """The CAs by path, each loaded again only when its file changed (so a new key is used at
+    once); one that cannot be used is logged once per state of the file, not at every login."""
 
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[tuple | None, CertificateAuthority | CAError]] = {}
+        self._lock = threading.Lock()
 
-def authority(path: str, log: logging.Logger = default_log) -> CertificateAuthority:
-    """The CA at *path*, loaded again only when the file changed (so a new key is used at once).
-
-    A CA that cannot be used is logged once per state of the file, not at every login.
-    """
-    try:
-        st = os.stat(path)
-        state = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
-    except OSError:
-        state = None
-    with _authorities_lock:
-        known = _authorities.get(path)
-    if known is not None and known[0] == state:
-        found = known[1]
-    else:
+    def get(self, path: str, log: logging.Logger = default_log) -> CertificateAuthority:
+        """The CA at *path*; CAError if it cannot be used."""
         try:
-            found = CertificateAuthority.load(path)
-        except CAError as e:
-            found = e
-            log.error("SSH certificates: c.RemoteSingularitySpawner.ssh_ca_key_file: %s", e)
-        with _authorities_lock:
-            _authorities[path] = (state, found)
-    if isinstance(found, CAError):
-        raise CAError(str(found))
-    return found
+            st = os.stat(path)
+            state = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
+        except OSError:
+            state = None
+        with self._lock:
+            known = self._known.get(path)
+        if known is not None and known[0] == state:
+            found = known[1]
+        else:
+            try:
+                found = CertificateAuthority.load(path)
+            except CAError as e:
+                found = e
+                log.error("SSH certificates: c.RemoteSingularitySpawner.ssh_ca_key_file: %s", e)
+            with self._lock:
+                self._known[path] = (state, found)
+        if isinstance(found, CAError):
+            raise CAError(str(found))
+        return found
 
 
 def key_id(hub_user: str, server: str, login: str) -> str:

@@ -12,13 +12,14 @@ Lines as OpenSSH's sshd(8) defines them ("SSH_KNOWN_HOSTS FILE FORMAT")::
 - ``@revoked``: the key is refused for the hosts the line names, whatever the
   other lines say.
 - ``@cert-authority``: not used (paramiko verifies no host certificates, the
-  nodes offer it their plain keys): skipped, with one warning per file per
-  process.
+  nodes offer it their plain keys): skipped, with one warning per file (per
+  cache).
 - Comments (``#``) and blank lines are skipped; a malformed line is skipped
   with a warning naming the file and line, and every other line still counts.
 
-Each file is parsed once per version (mtime, size, inode) per process, in the
-calling thread. Nothing here raises for what a file holds: :meth:`KnownHosts.check`
+Each file is parsed once per version (mtime, size, inode) per :class:`FileCache`
+(the Hub keeps one; without one a file is read at each use), in the calling
+thread. Nothing here raises for what a file holds: :meth:`KnownHosts.check`
 says what it found, and ssh.py's host key policy refuses.
 """
 
@@ -213,9 +214,12 @@ class KnownHosts:
     _lookups: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def load(cls, paths: Iterable[str], log: logging.Logger = default_log) -> KnownHosts:
-        """The files that exist among *paths* (cached per version); a missing file is no error."""
-        return cls(tuple(f for f in (load_file(p, log) for p in paths) if f is not None))
+    def load(
+        cls, paths: Iterable[str], log: logging.Logger = default_log, cache: FileCache | None = None
+    ) -> KnownHosts:
+        """The files that exist among *paths* (from *cache* per version); a missing file is no error."""
+        cache = cache if cache is not None else FileCache()
+        return cls(tuple(f for f in (load_file(p, log, cache) for p in paths) if f is not None))
 
     @property
     def cert_authority_files(self) -> tuple[str, ...]:
@@ -253,10 +257,10 @@ class KnownHosts:
         return first + [a for a in algorithms if a not in first]
 
 
-# --- reading files, once per version per process ---------------------------------------------
+# --- reading files, once per version per cache ---------------------------------------------
 
 
-class _FileCache:
+class FileCache:
     """Parsed files by path with the version (mtime, size, inode) they were read at; the least
     recently used are dropped beyond *size*."""
 
@@ -288,7 +292,7 @@ class _FileCache:
         return self._reading[zlib.crc32(path.encode(errors="replace")) % len(self._reading)]
 
     def first_authority_warning(self, path: str) -> bool:
-        """True the first time in this process only, for each *path*."""
+        """True the first time only, for each *path*."""
         with self._lock:
             first = path not in self._warned_authorities
             self._warned_authorities.add(path)
@@ -300,19 +304,19 @@ class _FileCache:
             self._warned_authorities.clear()
 
 
-_cache = _FileCache()
-
-
 def _version(st: os.stat_result) -> tuple:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
 
-def load_file(path: str, log: logging.Logger = default_log) -> KnownHostsFile | None:
+def load_file(
+    path: str, log: logging.Logger = default_log, cache: FileCache | None = None
+) -> KnownHostsFile | None:
     """*path* parsed (from the cache if it has not changed); None if it is missing or unreadable.
 
     What the file holds that cannot be used is logged when it is parsed: each
-    malformed line, and (once per path in this process) its @cert-authority lines.
+    malformed line, and (once per path and cache) its @cert-authority lines.
     """
+    cache = cache if cache is not None else FileCache()
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -322,8 +326,8 @@ def load_file(path: str, log: logging.Logger = default_log) -> KnownHostsFile | 
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    with _cache.reading(path):
-        parsed = _cache.get(path, _version(st))
+    with cache.reading(path):
+        parsed = cache.get(path, _version(st))
         if parsed is not None:
             return parsed
         try:
@@ -333,15 +337,15 @@ def load_file(path: str, log: logging.Logger = default_log) -> KnownHostsFile | 
             log.warning("cannot read known_hosts file %s: %s", path, e)
             return None
         parsed = KnownHostsFile.parse(text, path)
-        _report(parsed, log)
-        _cache.put(path, version, parsed)
+        _report(parsed, log, cache)
+        cache.put(path, version, parsed)
         return parsed
 
 
-def _report(parsed: KnownHostsFile, log: logging.Logger) -> None:
+def _report(parsed: KnownHostsFile, log: logging.Logger, cache: FileCache) -> None:
     for lineno, why in parsed.problems:
         log.warning("known_hosts file %s line %d skipped: %s", parsed.path, lineno, why)
-    if parsed.cert_authority_lines and _cache.first_authority_warning(parsed.path):
+    if parsed.cert_authority_lines and cache.first_authority_warning(parsed.path):
         log.warning(
             "%s: @cert-authority lines are not used: host certificates cannot be verified; "
             "list the nodes' host keys too",

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import fabric
 
-from .ssh import Target, connect, default_log
+from .ssh import Caches, Target, connect, default_log
 
-Opener = Callable[[Target, logging.Logger], fabric.Connection]
+Opener = Callable[[Target, logging.Logger, Caches], fabric.Connection]
 SWEEP_INTERVAL = 5.0  # seconds between two looks for idle or dead connections, at most
 # Logins in progress to one node at once, at most: sshd's MaxStartups (10 by default)
 # drops unauthenticated connections beyond 10, as a Hub restart with many users on a node
@@ -48,7 +48,7 @@ class ConnectionPool:
     ``SWEEP_INTERVAL`` seconds: a sweep looks at every connection, and a poll
     round of N servers would otherwise look N times at N); keepalives every
     *keepalive* seconds notice a vanished peer. *opener* makes a connection
-    (tests give a fake one).
+    (tests give a fake one); *caches* are what logins keep between them.
     """
 
     def __init__(
@@ -57,11 +57,13 @@ class ConnectionPool:
         keepalive: int = 30,
         max_sessions: int = 8,
         opener: Opener | None = None,
+        caches: Caches | None = None,
     ) -> None:
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
         self.max_sessions = max_sessions
         self._open = opener if opener is not None else connect
+        self.caches = caches if caches is not None else Caches()
         self._lock = threading.Lock()
         self._entries: dict[Target, Pooled] = {}
         self._connecting: dict[Target, threading.Lock] = {}
@@ -92,7 +94,7 @@ class ConnectionPool:
             if entry is not None:
                 self.discard(entry)
             with logins:
-                conn = self._open(target, log)
+                conn = self._open(target, log, self.caches)
             transport = conn.transport
             if transport is not None and self.keepalive:
                 transport.set_keepalive(self.keepalive)

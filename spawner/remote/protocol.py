@@ -29,6 +29,7 @@ _PROGRESS_RE = re.compile(r"@progress (\d{1,3}) (\S.*)")
 # The first thing every command prints on stderr: what came before is the login shell's.
 BEGIN_MARK = "@rss"
 
+
 class ExitCode(IntEnum):
     """Exit codes of the node scripts (mirrors the table in scripts/common.sh)."""
 

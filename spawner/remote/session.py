@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping
 import paramiko
 
 from .bundle import ScriptBundle
+from .errors import CommandTimeout, ConnectError, RemoteError, default_log
 from .pool import ConnectionPool, Pooled
 from .protocol import ExitCode, LineRelay, ProgressCallback, Reply, ScriptCall, command_line, files_payload
-from .ssh import CommandTimeout, ConnectError, RemoteError, Target, default_log, run_command
+from .ssh import Target, run_command
 
 # Before this script, a node-wide copy not found earlier is looked for again.
 RECHECK_SCRIPT = "start_singleuser.sh"

@@ -12,37 +12,19 @@ import select
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import fabric
 import paramiko
 
-from .known_hosts import KnownHosts, Status, host_name
+from .certificates import Authorities
+from .errors import CommandTimeout, ConnectError, HostKeyError, IdentityError, default_log
+from .known_hosts import FileCache, KnownHosts, Status, host_name
 from .protocol import Reply, parse_reply
 
 if TYPE_CHECKING:
     from .certificates import CertificateRequest
-
-# Callers pass their own logger (the spawner passes the Hub's); this one is
-# the fallback for use outside JupyterHub.
-default_log = logging.getLogger("remotesingularityspawner.remote")
-
-
-class RemoteError(Exception):
-    """Something went wrong on the way to the node or on it."""
-
-
-class ConnectError(RemoteError):
-    """The node could not be reached (network, sshd down, timeout)."""
-
-
-class HostKeyError(RemoteError):
-    """The node's host key is unknown or has changed: the spawn is refused."""
-
-
-class IdentityError(RemoteError):
-    """The user's private key is missing, unreadable or unusable, or login failed."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +68,18 @@ def find_private_key(paths: Sequence[str]) -> tuple[str, paramiko.PKey]:
         except (OSError, ValueError, paramiko.SSHException) as e:
             raise IdentityError(f"cannot load the private key {path}: {e}") from None
     raise IdentityError(
-        "no private key found; looked for: " + ", ".join(paths)
+        "no private key found; looked for: "
+        + ", ".join(paths)
         + ". Create one (ssh-keygen -t ed25519) and add it to ~/.ssh/authorized_keys"
     )
+
+
+@dataclass
+class Caches:
+    """What logins keep between them: parsed known_hosts files and loaded CAs (the Hub keeps one)."""
+
+    known_hosts: FileCache = field(default_factory=FileCache)
+    authorities: Authorities = field(default_factory=Authorities)
 
 
 class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
@@ -163,7 +154,9 @@ class _AcceptUnknownHost(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname, key):
         self.log.warning(
             "host key checking is DISABLED: accepting %s key %s of %s unverified",
-            key.get_name(), key.fingerprint, hostname,
+            key.get_name(),
+            key.fingerprint,
+            hostname,
         )
 
 
@@ -173,10 +166,16 @@ def _fabric_config() -> fabric.Config:
     return fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True)
 
 
-def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connection:
-    """Open an SSH connection as the user, with the host key verified."""
+def connect(
+    target: Target, log: logging.Logger = default_log, caches: Caches | None = None
+) -> fabric.Connection:
+    """Open an SSH connection as the user, with the host key verified.
+
+    *caches*: known_hosts files and CAs kept from earlier logins; None: read them now.
+    """
+    caches = caches if caches is not None else Caches()
     if target.certificate is not None:
-        pkey = target.certificate.login_key(log)
+        pkey = target.certificate.login_key(log, caches.authorities)
         refused = (
             f"with a certificate of the Hub's CA ({target.certificate.ca_path}) refused: "
             f"the node's sshd must trust that CA (TrustedUserCAKeys; `remote-singularity-spawner "
@@ -208,7 +207,7 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
     known = None
     if target.verify_host_key:
         # Nothing goes into paramiko's own HostKeys: the policy checks every key offered.
-        known = KnownHosts.load(target.known_hosts_files, log)
+        known = KnownHosts.load(target.known_hosts_files, log, caches.known_hosts)
         client.set_missing_host_key_policy(_RejectUnknownHost(known, target.host))
     else:
         client.set_missing_host_key_policy(_AcceptUnknownHost(log))
@@ -230,10 +229,6 @@ def connect(target: Target, log: logging.Logger = default_log) -> fabric.Connect
     conn.transport.channel_timeout = target.connect_timeout
     conn.transport.sock.settimeout(READER_WAKEUP)
     return conn
-
-
-class CommandTimeout(RemoteError):
-    """The node did not finish the command within its timeout."""
 
 
 # How long a kept connection's reader thread sleeps in recv() before paramiko

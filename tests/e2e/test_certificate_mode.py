@@ -247,8 +247,8 @@ def test_a_ca_the_nodes_do_not_trust_is_refused_naming_the_node_and_nothing_runs
 class _Backdated(remote.CertificateRequest):
     """A request whose certificate the Hub made an hour ago: expired for the node."""
 
-    def login_key(self, log=None):
-        ca = remote.certificates.authority(self.ca_path)
+    def login_key(self, log=None, authorities=None):
+        ca = remote.CertificateAuthority.load(self.ca_path)
         key = ed25519.Ed25519PrivateKey.generate()
         certificate = ca.sign(key.public_key(), self, now=time.time() - 3600)
         pem = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()

@@ -8,20 +8,24 @@ import pytest
 from fakes import FakeSSH
 
 from remotesingularityspawner import RemoteSingularitySpawner
-from remotesingularityspawner.resources import shared
+from remotesingularityspawner.hub_resources import HubResources
 
 SERVICE_ENV = {"JUPYTERHUB_SERVICE_URL": "http://10.0.0.1:0/user/alice/"}
+
+
+@pytest.fixture
+def resources(fake_ssh):
+    """The Hub's shared resources of this test (its spawners use them)."""
+    return HubResources.current()
 
 
 @pytest.fixture(autouse=True)
 def fake_ssh():
     """Every test starts with no connection, thread or cache, and SSH to fake nodes only."""
-    shared.close()
     ssh = FakeSSH()
-    shared.opener = ssh
+    HubResources.replace(HubResources(opener=ssh))
     yield ssh
-    shared.close()
-    shared.opener = None
+    HubResources.replace(None)
 
 
 class FakeClock:
@@ -38,7 +42,7 @@ class FakeClock:
 def clock():
     """The clock of the status cache and of every spawner made by make_spawner."""
     c = FakeClock()
-    shared.status.clock = c
+    HubResources.current().status.clock = c
     return c
 
 

@@ -1,7 +1,7 @@
 """The one fake SSH of the unit tests: nodes that answer the scripts as Python handlers.
 
 :class:`FakeSSH` is what the shared connection pools open connections with
-(``resources.shared.opener``, set by the ``fake_ssh`` fixture in conftest.py),
+(``HubResources(opener=...)``, set by the ``fake_ssh`` fixture in conftest.py),
 so the spawner runs exactly as on a cluster down to the command line sent,
 and each command is decoded back into (script, args, stdin) for a handler.
 ``put_files.sh`` (scripts, certificates) is answered by the node itself,
@@ -220,12 +220,12 @@ class FakeSSH:
         with self.lock:
             return self.nodes.setdefault(host, FakeNode(host))
 
-    def __call__(self, target: remote.Target, log) -> FakeConnection:
+    def __call__(self, target: remote.Target, log, caches=None) -> FakeConnection:
         if self.delay:
             time.sleep(self.delay)
         if target.certificate is not None:
             # As remote.ssh.connect: the login's key and certificate are made first.
-            key = target.certificate.login_key(log)
+            key = target.certificate.login_key(log, caches.authorities if caches else None)
             with self.lock:
                 self.certificates.append(key)
         if target.host in self.refuse:

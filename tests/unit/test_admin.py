@@ -32,16 +32,16 @@ def test_pip_install_gives_the_admin_command_with_check_and_deploy(tmp_path):
 def test_invoke_in_a_clone_runs_the_same_tasks():
     argv = [sys.executable, "-m", "invoke", "check", "--help"]
     out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    from remotesingularityspawner.admin import check  # noqa: PLC0415
+    from remotesingularityspawner.admin.command import check  # noqa: PLC0415
 
     assert check.__doc__.strip().splitlines()[0] in out
 
 
 def test_a_bad_config_is_refused_before_any_connection(tmp_path):
-    from remotesingularityspawner.admin import program  # noqa: PLC0415
+    from remotesingularityspawner.admin.command import program  # noqa: PLC0415
 
     out = subprocess.run(
-        [sys.executable, "-c", "from remotesingularityspawner.admin import main; main()",
+        [sys.executable, "-c", "from remotesingularityspawner.admin.command import main; main()",
          "check", "--hosts", "n1:10.0.0.1"],
         capture_output=True, text=True,
     )  # fmt: skip

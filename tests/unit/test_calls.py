@@ -3,7 +3,7 @@
 import pytest
 
 from remotesingularityspawner import calls
-from remotesingularityspawner.options import Bind
+from remotesingularityspawner.request import Bind
 
 TOKEN = "s3cr3t-t0ken-value"
 

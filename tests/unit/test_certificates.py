@@ -46,7 +46,7 @@ def test_a_login_certificate_names_the_login_the_hub_user_and_the_server(ca_file
     assert first.critical_options == {b"source-address": b"10.0.0.1/32"}
     assert first.serial != second.serial, "a random serial"
     assert first.public_key().public_bytes_raw() != second.public_key().public_bytes_raw(), "a fresh key each"
-    ca_public = certificates.authority(str(ca_file)).key.public_key().public_bytes_raw()
+    ca_public = certificates.CertificateAuthority.load(str(ca_file)).key.public_key().public_bytes_raw()
     assert first.signature_key().public_bytes_raw() == ca_public
     first.verify_cert_signature()
 

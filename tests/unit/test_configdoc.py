@@ -9,7 +9,8 @@ from invoke import Exit, MockContext
 from traitlets import Integer, List, Unicode, default
 from traitlets.config import Configurable
 
-from remotesingularityspawner import RemoteSingularitySpawner, configdoc
+from remotesingularityspawner import RemoteSingularitySpawner
+from remotesingularityspawner.admin import configdoc
 
 REPO = Path(__file__).resolve().parents[2]
 

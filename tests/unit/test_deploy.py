@@ -10,8 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from remotesingularityspawner import admin, deploy, remote
-from remotesingularityspawner.nodes import Node
+from remotesingularityspawner import remote
+from remotesingularityspawner.admin import command as admin
+from remotesingularityspawner.admin import deploy
+from remotesingularityspawner.placement.nodes import Node
 
 BUNDLE = remote.ScriptBundle(files={"common.sh": b"a", "stop.sh": b"b"}, version="v1")
 
@@ -298,7 +300,7 @@ def test_an_unusable_ca_is_refused_naming_the_option_or_setting_never_showing_th
 
 def test_the_admin_command_refuses_an_unusable_ca_before_any_connection(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-c", "from remotesingularityspawner.admin import main; main()", "deploy",
+        [sys.executable, "-c", "from remotesingularityspawner.admin.command import main; main()", "deploy",
          "--hosts", "n1:10.0.0.1", "--image", "/x.sif", "--trust-ca", str(tmp_path / "none.pub")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

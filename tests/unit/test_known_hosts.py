@@ -25,11 +25,10 @@ LOG = logging.getLogger("test.known_hosts")
 CA_WARNING = "@cert-authority lines are not used: host certificates cannot be verified"
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    known_hosts._cache.clear()
-    yield
-    known_hosts._cache.clear()
+@pytest.fixture
+def cache():
+    """The files a Hub keeps parsed between logins."""
+    return known_hosts.FileCache()
 
 
 def keygen(directory: Path, name: str, key_type: str) -> paramiko.PKey:
@@ -211,12 +210,14 @@ def test_revoked_in_one_file_is_refused_though_another_file_lists_it(tmp_path, k
     assert known.check("10.0.0.1", keys["k1"]).status is Status.REVOKED
 
 
-def test_malformed_lines_are_warned_naming_file_and_line_and_certificate_authorities_once(site, keys, caplog):
+def test_malformed_lines_are_warned_naming_file_and_line_and_certificate_authorities_once(
+    site, keys, caplog, cache
+):
     path, at = site
     bad = [at[b] for b in BAD]
     caplog.set_level(logging.WARNING, logger=LOG.name)
-    first = load_file(str(path), LOG)
-    assert load_file(str(path), LOG) is first, "parsed once per version"
+    first = load_file(str(path), LOG, cache)
+    assert load_file(str(path), LOG, cache) is first, "parsed once per version"
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert [m.split(" skipped")[0] for m in skipped] == [f"known_hosts file {path} line {n}" for n in bad]
     assert [r.getMessage() for r in caplog.records if CA_WARNING in r.getMessage()] == [
@@ -226,13 +227,13 @@ def test_malformed_lines_are_warned_naming_file_and_line_and_certificate_authori
     caplog.clear()
     path.write_text(path.read_text() + "bad\n")
     os.utime(path, ns=(0, 10**18))
-    again = load_file(str(path), LOG)
+    again = load_file(str(path), LOG, cache)
     assert again is not first and len(again.problems) == len(bad) + 1
     assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == len(bad) + 1
     assert not [r for r in caplog.records if CA_WARNING in r.getMessage()]
 
 
-def test_threads_reading_one_file_at_once_parse_it_once(site, caplog):
+def test_threads_reading_one_file_at_once_parse_it_once(site, caplog, cache):
     path, _ = site
     caplog.set_level(logging.WARNING, logger=LOG.name)
     start = threading.Barrier(8)
@@ -240,7 +241,7 @@ def test_threads_reading_one_file_at_once_parse_it_once(site, caplog):
 
     def read():
         start.wait()
-        results.append(load_file(str(path), LOG))
+        results.append(load_file(str(path), LOG, cache))
 
     threads = [threading.Thread(target=read) for _ in range(8)]
     for t in threads:
@@ -263,7 +264,6 @@ def test_missing_files_are_no_error_and_unreadable_ones_are_warned(tmp_path, key
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(known_hosts, "open", denied, raising=False)
-    known_hosts._cache.clear()
     assert KnownHosts.load([str(good)], LOG).files == ()
     assert [r.getMessage() for r in caplog.records] == [
         f"cannot read known_hosts file {good}: [Errno 13] Permission denied"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from remotesingularityspawner.nodes import Node, parse_nodelist
+from remotesingularityspawner.placement.nodes import Node, parse_nodelist
 
 NAMES = {"node1": "10.0.0.1", "node2": "10.0.0.2", "gpu-a.cluster.example": "10.0.1.1"}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from remotesingularityspawner.options import (
+from remotesingularityspawner.request import (
     Bind,
     OptionsError,
     UserOptions,

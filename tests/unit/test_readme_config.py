@@ -8,7 +8,7 @@ from jupyterhub.auth import PAMAuthenticator
 from traitlets.config import PyFileConfigLoader
 
 from remotesingularityspawner import RemoteSingularitySpawner
-from remotesingularityspawner.nodes import parse_nodelist
+from remotesingularityspawner.placement.nodes import parse_nodelist
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -213,7 +213,7 @@ def test_no_more_logins_at_once_to_one_node_than_sshd_accepts(ssh):
     (MaxStartups 10) would drop connections beyond 10 not yet logged in."""
     in_login, peak, lock = [0], [0], threading.Lock()
 
-    def opener(target, log):
+    def opener(target, log, caches):
         with lock:
             in_login[0] += 1
             peak[0] = max(peak[0], in_login[0])
@@ -318,7 +318,7 @@ def test_a_fresh_connection_that_fails_is_not_retried(ssh):
     pool = remote.ConnectionPool(opener=ssh)
     original = ssh.__call__
 
-    def broken(target, log):
+    def broken(target, log, caches):
         conn = original(target, log)
         conn.fail_with = OSError("broken pipe")
         return conn

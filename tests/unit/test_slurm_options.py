@@ -2,8 +2,8 @@
 
 import pytest
 
-from remotesingularityspawner.options import Bind, OptionsError
-from remotesingularityspawner.slurm_options import (
+from remotesingularityspawner.placement.slurm_form import render_slurm_form, slurm_options_from_form
+from remotesingularityspawner.placement.slurm_request import (
     Limits,
     Partition,
     Resources,
@@ -16,10 +16,9 @@ from remotesingularityspawner.slurm_options import (
     parse_memory,
     parse_partition_limits,
     parse_time,
-    render_slurm_form,
-    slurm_options_from_form,
     validate_slurm_options,
 )
+from remotesingularityspawner.request import Bind, OptionsError
 
 
 def reply(name="debug", **fields):

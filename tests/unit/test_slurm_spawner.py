@@ -8,7 +8,7 @@ from jupyterhub.utils import format_exception
 from slurm_cases import BAD_VALUES
 
 from remotesingularityspawner import remote, state
-from remotesingularityspawner.access import SpawnException
+from remotesingularityspawner.failures import SpawnException
 
 NODES = "rss-node1:10.0.0.11,rss-node2:10.0.0.12"
 SUBMIT = "10.0.0.11"  # the first node of the list: the default submit host
@@ -105,7 +105,7 @@ async def test_a_node_not_in_the_node_list_is_reached_at_slurms_node_address(slu
     fake_ssh.node("10.0.0.77").on("start_singleuser.sh", reply(pid=9, start_time=5, port=50001))
     s = slurm_spawner()
     assert await s.start() == ("10.0.0.77", 50001)
-    assert s.node == "gpu07"
+    assert s.placed.node == "gpu07"
 
 
 @pytest.mark.parametrize("options, field", BAD_VALUES)
@@ -236,7 +236,7 @@ async def test_stop_ends_the_server_then_cancels_its_job_and_a_second_stop_is_ha
     node2.on("stop.sh", reply(signal="TERM"))
     await s.stop()
     assert node2.scripts_run() == ["stop.sh"] and queue.actions() == ["cancel"]
-    assert s.job_id == ""
+    assert s.placed.job_id == ""
     await s.stop()
     assert node2.scripts_run() == ["stop.sh"] and queue.actions() == ["cancel"]
 
@@ -258,7 +258,7 @@ async def test_an_unreachable_node_whose_job_slurm_says_ended_is_stopped_at_once
 def test_a_state_of_version_1_loads_with_no_job(make_spawner):
     s = make_spawner()
     s.load_state({"version": 1, "pid": 42, "start_time": 7, "address": "10.0.0.1", "node": "n1"})
-    assert (s.pid, s.job_id, s.partition) == (42, "", "")
+    assert (s.process.pid, s.placed.job_id, s.placed.partition) == (42, "", "")
 
 
 def test_a_slurm_server_state_survives_a_hub_restart(make_spawner):
@@ -266,7 +266,9 @@ def test_a_slurm_server_state_survives_a_hub_restart(make_spawner):
     s.load_state(slurm_state())
     again = make_spawner()
     again.load_state(s.get_state())
-    assert (again.job_id, again.partition, again.node, again.pid) == ("4242", "debug", "rss-node2", 42)
+    assert (again.placed.job_id, again.placed.partition, again.placed.node, again.process.pid) == (
+        "4242", "debug", "rss-node2", 42
+    )
 
 
 # --- the form ----------------------------------------------------------------------------

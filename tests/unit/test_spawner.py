@@ -11,7 +11,9 @@ from fakes import reply
 from jupyterhub.utils import format_exception
 
 from remotesingularityspawner import RemoteSingularitySpawner, remote, state
-from remotesingularityspawner.access import SpawnException
+from remotesingularityspawner.failures import SpawnException
+from remotesingularityspawner.placement import Placed
+from remotesingularityspawner.server_process import ServerProcess
 
 TWO_NODES = "n1:10.0.0.1,n2:10.0.0.2"
 
@@ -39,25 +41,25 @@ async def wait_for(condition, seconds=5):
 
 def test_state_round_trip_keeps_what_poll_and_stop_need(make_spawner):
     s = make_spawner()
-    s.node, s.address, s.port, s.pid, s.start_time = "node1", "10.0.0.1", 50123, 4242, 987654
-    s.scripts_version, s.log_path, s.login = "abcdef0123456789", "/home/alice/x/server.log", "alice"
+    s.placed = Placed(node="node1", address="10.0.0.1", login="alice")
+    s.process = ServerProcess(4242, 987654, 50123, "/home/alice/x/server.log", "abcdef0123456789")
     saved = s.get_state()
     assert saved["version"] == state.STATE_VERSION
 
     restored = make_spawner()
     restored.load_state(saved)
-    for name in state.FIELDS:
-        assert getattr(restored, name) == getattr(s, name), name
+    assert (restored.placed, restored.process) == (s.placed, s.process)
+    assert restored.get_state() == saved, "every field kept"
 
     restored.clear_state()
-    assert restored.pid == 0 and restored.node == "" and restored.port == 0
+    assert restored.process is None and restored.placed is None and restored.port == 0
     assert "pid" not in restored.get_state()
 
 
 def test_empty_state_loads_as_not_started(make_spawner):
     s = make_spawner()
     s.load_state({})
-    assert s.pid == 0
+    assert s.process is None
 
 
 async def test_a_state_without_version_as_written_before_loads(make_spawner, fake_ssh):
@@ -67,7 +69,8 @@ async def test_a_state_without_version_as_written_before_loads(make_spawner, fak
     assert "version" not in old
     s = make_spawner()
     s.load_state(old)
-    assert (s.pid, s.start_time, s.node, s.address, s.login) == (42, 7, "n1", "10.0.0.1", "alice")
+    assert (s.process.pid, s.process.start_time) == (42, 7)
+    assert (s.placed.node, s.placed.address, s.placed.login) == ("n1", "10.0.0.1", "alice")
     assert await s.poll() is None
     assert node.scripts_run() == ["check_pid.sh"]
     assert arg(node.runs[-1].args, "--pid") == "42"
@@ -77,7 +80,7 @@ async def test_a_state_of_a_newer_version_is_refused_and_said_so(make_spawner, f
     s = make_spawner()
     caplog.set_level(logging.ERROR)
     s.load_state(running(version=state.STATE_VERSION + 1))
-    assert s.pid == 0, "the server is not recognised"
+    assert s.process is None, "the server is not recognised"
     assert await s.poll() == 0
     assert fake_ssh.connections == []
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -144,9 +147,9 @@ async def test_the_form_message_is_the_sentence_alone(make_spawner):
 
 def test_ssh_username_template_and_callable(make_spawner):
     s = make_spawner(ssh_username="hpc_{username}")
-    assert s._login_name() == "hpc_alice"
+    assert s.parts.login.name() == "hpc_alice"
     s = make_spawner(ssh_username=lambda sp: sp.user.name.upper())
-    assert s._login_name() == "ALICE"
+    assert s.parts.login.name() == "ALICE"
 
 
 def test_traits_have_help_for_admins():
@@ -195,7 +198,7 @@ async def test_any_error_of_the_ssh_layer_during_start_is_a_spawn_failure_naming
         await s.start()
     assert format_exception(e.value)[0] == f"Cannot start your server on n1: {cause}"
     assert e.value.status_code == 400
-    assert s.pid == 0
+    assert s.process is None
 
 
 async def test_a_refused_login_during_start_names_node_and_cause(make_spawner, fake_ssh):
@@ -259,7 +262,7 @@ async def test_stopping_a_server_that_is_still_starting_stops_it_once_started(ma
     assert node.scripts_run() == ["start_singleuser.sh", "stop.sh"]
     args = node.runs[-1].args
     assert arg(args, "--pid") == "77" and arg(args, "--start-time") == "3"
-    assert s.pid == 0
+    assert s.process is None
 
 
 async def test_no_valid_node_fails_the_spawn_clearly_before_any_connection(make_spawner, fake_ssh):
@@ -278,10 +281,10 @@ async def test_names_are_resolved_off_the_event_loop(make_spawner, monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
     s = make_spawner(nodelist="compute-7:")
-    nodes = await s.get_nodes()
+    nodes = await s.parts.placer.nodes()
     assert [(n.label, n.address) for n in nodes] == [("compute-7", "10.9.9.9")]
     assert seen == [("compute-7", False)], "resolved in a worker thread, not on the loop"
-    await s.get_nodes()
+    await s.parts.placer.nodes()
     assert len(seen) == 1, "resolved once, then cached"
 
 
@@ -295,7 +298,7 @@ async def test_stop_now_kills_without_waiting_term_timeout(make_spawner, fake_ss
 
     s.load_state(running())
     await s.stop(now=True)
-    assert s.pid == 0
+    assert s.process is None
     (run,) = [r for r in node.runs if r.script == "stop.sh"]
     assert arg(run.args, "--pid") == "42" and arg(run.args, "--start-time") == "7"
     assert arg(run.args, "--term-timeout") == "0" and arg(run.args, "--kill-timeout") == "3"
@@ -303,7 +306,7 @@ async def test_stop_now_kills_without_waiting_term_timeout(make_spawner, fake_ss
 
     s.load_state(running())
     await s.stop()
-    assert s.pid == 0
+    assert s.process is None
     run = node.runs[-1]
     assert run.script == "stop.sh"
     assert arg(run.args, "--term-timeout") == "7" and arg(run.args, "--kill-timeout") == "3"
@@ -367,7 +370,7 @@ async def test_sshd_down_but_the_server_listening_is_running_and_uses_no_grace(m
         for _ in range(3):
             assert await s.poll() is None
             clock.now += 100  # far beyond poll_grace_period, in total
-    assert s._unreachable_since is None
+    assert s.parts.poll_grace.since is None
 
 
 async def test_node_answers_but_nothing_listens_on_the_port_is_gone_at_once(make_spawner, fake_ssh, clock):

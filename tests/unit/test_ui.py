@@ -10,10 +10,10 @@ import pytest
 from fakes import reply
 
 from remotesingularityspawner import remote
-from remotesingularityspawner.form import render_form
-from remotesingularityspawner.nodes import Node
-from remotesingularityspawner.resources import shared
-from remotesingularityspawner.status import NodeStatus
+from remotesingularityspawner.hub_resources import HubResources
+from remotesingularityspawner.placement.node_status import NodeStatus
+from remotesingularityspawner.placement.nodes import Node
+from remotesingularityspawner.placement.ssh import render_form
 
 # Two nodes and an image: what every spawner of these tests is configured with.
 CLUSTER = {"nodelist": "n1:10.0.0.1,n2:10.0.0.2", "singularity_container_path": "/img.sif"}
@@ -257,7 +257,7 @@ async def test_a_node_that_does_not_answer_in_time_is_unreachable_and_refused(ma
     release.set()
 
     def late_answer_arrived():
-        status = shared.status.fresh(("10.0.0.2", "alice"), s.node_status_ttl)
+        status = HubResources.current().status.fresh(("10.0.0.2", "alice"), s.node_status_ttl)
         return status is not None and status.error.startswith("cannot connect")
 
     for _ in range(100):
@@ -286,7 +286,7 @@ async def test_start_refuses_a_node_the_form_found_unreachable_without_connectin
     assert len(fake_ssh.connections) == opened and fake_ssh.runs("start_singleuser.sh") == [], "connected"
     # Once the status is older than node_status_ttl, the node may be tried again.
     clock.now += 31
-    assert s._cached_status(Node("n1", "10.0.0.1")) is None
+    assert s.parts.placer.cached_status(Node("n1", "10.0.0.1")) is None
     del fake_ssh.refuse["10.0.0.1"]
     fake_ssh.node("10.0.0.1").on("start_singleuser.sh", STARTED)
     assert await s.start() == ("10.0.0.1", 50000)

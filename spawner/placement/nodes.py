@@ -57,9 +57,7 @@ def _valid_ip(text: str) -> str | None:
         return None
 
 
-def parse_nodelist(
-    text: str, resolve: Resolver = resolve_address
-) -> tuple[list[Node], list[str]]:
+def parse_nodelist(text: str, resolve: Resolver = resolve_address) -> tuple[list[Node], list[str]]:
     """Parse *text* into ``(nodes, warnings)``.
 
     *resolve* maps a host name to an address or raises ``OSError``.

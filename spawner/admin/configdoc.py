@@ -12,7 +12,7 @@ import inspect
 from traitlets import TraitType
 from traitlets.config import Configurable
 
-from .spawner import RemoteSingularitySpawner
+from ..spawner import RemoteSingularitySpawner
 
 DOC_PATH = "docs/configuration.md"
 

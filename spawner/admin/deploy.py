@@ -31,8 +31,8 @@ import fabric
 import paramiko
 from traitlets.config import PyFileConfigLoader
 
-from . import remote
-from .nodes import Node, parse_nodelist
+from .. import remote
+from ..placement.nodes import Node, parse_nodelist
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from invoke import Collection, Exit, Program, task
 
-from . import __version__, remote
+from .. import __version__, remote
 from . import deploy as deploy_mod
 
 _COMMENT_RE = re.compile(r"[A-Za-z0-9 ._/+@=%~:,()-]{1,100}")  # a CA key's comment, kept if this plain

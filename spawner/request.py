@@ -1,4 +1,4 @@
-"""Validate what a user asks for: the node and the extra bind paths.
+"""The request: what a user asks for (the node, the extra bind paths) and their login name.
 
 Pure: no I/O. Every value arrives from a form or from a REST request body
 and may be hostile, so everything is checked against a narrow grammar and

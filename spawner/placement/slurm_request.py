@@ -15,13 +15,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import jinja2
-
+from ..request import Bind, OptionsError, _show, parse_binds
 from .nodes import HOSTNAME_RE, _valid_ip
-from .options import Bind, OptionsError, _show, options_from_form, parse_binds
 
 SETTING = "c.RemoteSingularitySpawner."
-FIELDS = ("partition", "cpus", "memory", "gpus", "time", "host", "binds")
+# Slurm's job states (squeue %T), decided here alone: slurm_job.sh reports them as they are
+# and is told which ones to wait out. A job in one of these waits for its allocation:
+WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"})
+# ... and in one of these it holds (or waits for) it; any other state (or GONE) has ended.
+HOLDING_STATES = WAITING_STATES | {"RUNNING", "COMPLETING"}
+REQUEST_KEYS = ("partition", "cpus", "memory", "gpus", "time", "host", "binds")  # user_options
 RESOURCES = {"cpus": "cpus", "memory": "memory_mb", "gpus": "gpus", "time": "time_minutes"}
 DEFAULTS = {"cpus": 1, "memory": "1G", "gpus": 0, "time": "1:00:00"}
 TIME_FORMATS = "minutes, MM:SS, H:MM:SS, D-H, D-H:MM or D-H:MM:SS"
@@ -46,11 +49,6 @@ _COUNTS = (
     "gpus_per_node",
 )  # fmt: skip
 _SBATCH_ARG_RE = re.compile(r"--([a-z][a-z0-9-]*)(=[A-Za-z0-9_.,:/@%+=-]+)?")
-
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("remotesingularityspawner", "templates"),
-    autoescape=True,
-)
 
 
 @dataclass(frozen=True)
@@ -136,6 +134,11 @@ class SlurmRequest:
         """The request as ``user_options``: validating it again gives the same request."""
         binds = [b.spec for b in self.binds]
         return {"partition": self.partition, **self.resources.to_dict(), "host": self.host, "binds": binds}
+
+
+def job_ended(state: str) -> bool:
+    """Whether a job in *state* (as slurm_job.sh reports it; '' unknown) holds nothing any more."""
+    return bool(state) and state not in HOLDING_STATES
 
 
 def format_memory(mb: int) -> str:
@@ -268,7 +271,7 @@ def check_sbatch_args(value) -> tuple[str, ...]:
 def check_slurm_format(raw) -> dict:
     """Stage 1, no connection: each value's format alone; a normalized dict (None: not given)."""
     raw = dict(raw or {})
-    unknown = sorted(set(raw) - set(FIELDS), key=str)
+    unknown = sorted(set(raw) - set(REQUEST_KEYS), key=str)
     if unknown:
         raise OptionsError(f"unknown option(s): {', '.join(_show(str(k)) for k in unknown)}")
     given = {key: value for key, value in raw.items() if value is not None and value != ""}
@@ -352,44 +355,3 @@ def validate_slurm_options(
 def _names(names: Sequence[str], limit: int = 20) -> str:
     """Names for a message; a long list is cut short."""
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def slurm_options_from_form(formdata: Mapping[str, Sequence[str]]) -> dict:
-    """Map the Slurm form's fields (lists of strings) to ``user_options``; empty fields left out."""
-    options = options_from_form(formdata)  # host and binds, as the node form has them
-    for key in ("partition", "cpus", "memory", "gpus", "time"):
-        value = (formdata.get(key) or [""])[0].strip()
-        if value:
-            options[key] = value
-    return options
-
-
-def render_slurm_form(
-    partitions: list[Partition],
-    limits: Mapping[str, Limits],
-    defaults: Resources,
-    default_binds: str,
-    error: str = "",
-) -> str:
-    """The Slurm form: the allowed partitions with their load and limits, the resources, a node, binds."""
-    by_name = {p.name: p for p in partitions}
-    choices = []
-    for name in allowed_partitions(by_name, limits):
-        partition = by_name[name]
-        top = effective_limits(partition, limits.get(name, Limits()))
-        disabled = not partition.available or not _PARTITION_RE.fullmatch(name)  # not one to ask for
-        choices.append({"partition": partition, "limits": top, "disabled": disabled})
-    first = default_partition(by_name, limits)
-    enabled = [c for c in choices if not c["disabled"]]
-    selected = next((c for c in enabled if c["partition"].name == first), enabled[0] if enabled else None)
-    top = selected["limits"] if selected else Limits()
-    return _templates.get_template("slurm_form.html").render(
-        choices=choices,
-        selected=selected,
-        limits=top,
-        values=lowered_defaults(defaults, top).to_dict(),
-        default_binds=default_binds,
-        error=error,
-        format_memory=format_memory,
-        format_time=format_time,
-    )
