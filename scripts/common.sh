@@ -21,6 +21,10 @@ readonly RSS_EXIT_CANNOT_WRITE=10
 readonly RSS_EXIT_SLURM=11
 readonly RSS_EXIT_USAGE=64
 
+# The ports a server may listen on (mirrors calls.PORT_BOUNDS; a unit test keeps them equal).
+readonly RSS_PORT_LOW=1024
+readonly RSS_PORT_HIGH=65535
+
 # Environment keys the Hub may not set for the server: they belong to the
 # node's login environment or would change how these scripts run.
 readonly RSS_RESERVED_ENV_RE='^(PATH|HOME|USER|LOGNAME|SHELL|PWD|OLDPWD|IFS|ENV|BASH_ENV|BASH_FUNC_.*|SHELLOPTS|BASHOPTS|PS4|LD_.*)$'

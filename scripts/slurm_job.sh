@@ -14,8 +14,9 @@ umask 077
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "${BASH_SOURCE[0]%/*}/common.sh"
 
-# The states of a job that still holds (or waits for) its allocation.
-readonly ACTIVE_STATES_RE='^(PENDING|RUNNING|COMPLETING|CONFIGURING|SUSPENDED)$'
+# Which job states mean what is the spawner's to decide (slurm_request.py): this
+# script reports them as squeue prints them, and `cancel` is told which to wait out.
+readonly STATES_RE='^[A-Z_]+(,[A-Z_]+)*$'
 # What Slurm says of a job it no longer knows or that has already ended.
 readonly JOB_GONE_RE='Invalid job id specified|already completing or completed'
 
@@ -25,7 +26,7 @@ Usage: slurm_job.sh submit --job-name NAME --partition P --cpus N --memory MB
                            --time MINUTES [--gpus G] [--nodelist HOST]
                            --output-dir DIR [--sbatch-arg ARG]...
        slurm_job.sh state --job JOBID
-       slurm_job.sh cancel --job JOBID [--wait SECONDS]
+       slurm_job.sh cancel --job JOBID --while-states STATE[,STATE]... [--wait SECONDS]
        slurm_job.sh partitions
 
   submit      sbatch a job that holds one node (N CPUs, MB megabytes, G GPUs
@@ -36,8 +37,10 @@ Usage: slurm_job.sh submit --job-name NAME --partition P --cpus N --memory MB
               job), "reason", "node", "address", "partition", "position"
               (1-based among the partition's pending jobs, 0 if not pending)}.
   cancel      scancel the job (a job already gone is fine) and wait up to
-              SECONDS (default 10) until it has ended. Prints {"job_id", "state"}.
-  partitions  Prints the partitions sinfo shows this user: {"partitions": [...]}.
+              SECONDS (default 10) while its state is one of the
+              --while-states. Prints {"job_id", "state"}.
+  partitions  Prints the partitions sinfo shows this user: {"partitions": [...]},
+              each time limit ("max_time") as sinfo prints it.
 USAGE
 }
 
@@ -164,16 +167,18 @@ state() {
 }
 
 cancel() {
-  local job="" wait=10
-  parse_options job wait -- "$@"
+  local job="" wait=10 while_states=""
+  parse_options job wait while-states -- "$@"
   require_uint --job "${job}"
   require_uint --wait "${wait}"
+  [[ "${while_states}" =~ ${STATES_RE} ]] \
+    || die "${RSS_EXIT_USAGE}" "--while-states needs STATE[,STATE]..., got '${while_states}'"
   if ! slurm scancel "${job}"; then
     [[ "${SLURM_ERR}" =~ ${JOB_GONE_RE} ]] || die "${RSS_EXIT_SLURM}" "scancel failed: ${SLURM_ERR}"
   fi
   local steps=$((10#${wait} * 5))
   squeue_job "${job}" %T
-  while [[ "${SLURM_OUT}" =~ ${ACTIVE_STATES_RE} ]]; do
+  while [[ -n "${SLURM_OUT}" && ",${while_states}," == *",${SLURM_OUT},"* ]]; do
     ((steps-- > 0)) || die "${RSS_EXIT_SLURM}" "job ${job} is still ${SLURM_OUT} after ${wait}s"
     sleep 0.2
     squeue_job "${job}" %T
@@ -216,26 +221,6 @@ gpu_count() {
   printf '%s' "${count}"
 }
 
-#######################################
-# Print a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)
-# in minutes, seconds rounded up; "null" for "infinite" or anything else.
-#######################################
-time_minutes() {
-  local d=0 h=0 m=0 s=0 r
-  if [[ "$1" =~ ^([0-9]+)-([0-9]+)(:([0-9]+))?(:([0-9]+))?$ ]]; then
-    r=("${BASH_REMATCH[@]}")
-    d=${r[1]} h=${r[2]} m=${r[4]:-0} s=${r[6]:-0}
-  elif [[ "$1" =~ ^([0-9]+):([0-9]+):([0-9]+)$ ]]; then
-    h=${BASH_REMATCH[1]} m=${BASH_REMATCH[2]} s=${BASH_REMATCH[3]}
-  elif [[ "$1" =~ ^([0-9]+)(:([0-9]+))?$ ]]; then
-    m=${BASH_REMATCH[1]} s=${BASH_REMATCH[3]:-0}
-  else
-    printf 'null'
-    return 0
-  fi
-  printf '%d' "$((((10#${d} * 24 + 10#${h}) * 60 + 10#${m}) + (10#${s} > 0)))"
-}
-
 # Set the element $2 of the associative array named $1 to $3 if that is larger.
 set_max() {
   local -n table="$1"
@@ -257,7 +242,7 @@ add_partition_line() {
   fi
   if [[ -z "${PART_LIMIT[${name}]+set}" ]]; then
     PART_NAMES+=("${name}")
-    PART_LIMIT[${name}]=$(time_minutes "${limit}")
+    PART_LIMIT[${name}]=${limit}
   fi
   [[ "${avail}" != up ]] || PART_UP[${name}]=1
   IFS=/ read -r _ idle _ total <<<"${nodes}"
@@ -295,8 +280,8 @@ partition_json() {
   printf '"nodes_idle": %s, "nodes_total": %s, "cpus_idle": %s, "cpus_total": %s, ' \
     "${PART_NODES_IDLE[${name}]}" "${PART_NODES_TOTAL[${name}]}" \
     "${PART_CPUS_IDLE[${name}]}" "${PART_CPUS_TOTAL[${name}]}"
-  printf '"cpus_per_node": %s, "memory_mb_per_node": %s, "gpus_per_node": %s, "max_time_minutes": %s}' \
-    "${PART_CPN[${name}]}" "${PART_MEM[${name}]}" "${PART_GPUS[${name}]}" "${PART_LIMIT[${name}]}"
+  printf '"cpus_per_node": %s, "memory_mb_per_node": %s, "gpus_per_node": %s, "max_time": %s}' \
+    "${PART_CPN[${name}]}" "${PART_MEM[${name}]}" "${PART_GPUS[${name}]}" "$(json_str "${PART_LIMIT[${name}]}")"
 }
 
 partitions() {

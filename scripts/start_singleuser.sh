@@ -23,7 +23,7 @@ usage() {
   cat <<'USAGE'
 Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
                            [--bind SRC[:DEST[:ro|rw]]]... [--singularity-arg ARG]...
-                           [--port-range LOW-HIGH] [--timeout SECONDS]
+                           --port-range LOW-HIGH [--timeout SECONDS]
                            [--slurm-job JOBID] -- COMMAND [ARG...]  < environment
 
   --exe              singularity or apptainer executable (name or path)
@@ -32,7 +32,8 @@ Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
                      paths are under $HOME); created 0700
   --bind             bind path, repeatable; passed to `exec --bind`
   --singularity-arg  extra option for `singularity exec`, repeatable
-  --port-range       ports to choose from (default 49152-60999)
+  --port-range       ports to choose from, within 1024-65535 (the Hub's
+                     port_range; the spawner owns its default)
   --timeout          seconds to wait for the server to listen (default 60)
   --slurm-job        start the server as a step of this Slurm job, which holds
                      this node (srun --jobid=JOBID --overlap); srun's PID is
@@ -172,7 +173,7 @@ log_tail() {
 }
 
 main() {
-  local exe="" image="" server_dir="" port_range="49152-60999" timeout=60 slurm_job=""
+  local exe="" image="" server_dir="" port_range="" timeout=60 slurm_job=""
   local -a binds=() extra=()
   local evaluation=eval
   while (($#)); do
@@ -197,11 +198,12 @@ main() {
   (($#)) || die "${RSS_EXIT_USAGE}" "no command given after --"
   [[ -n "${exe}" && -n "${image}" && -n "${server_dir}" ]] \
     || die "${RSS_EXIT_USAGE}" "--exe, --image and --server-dir are required"
+  [[ -n "${port_range}" ]] || die "${RSS_EXIT_USAGE}" "--port-range is required (the Hub's port_range)"
   [[ "${port_range}" =~ ^([0-9]+)-([0-9]+)$ ]] \
     || die "${RSS_EXIT_USAGE}" "--port-range must be LOW-HIGH, got '${port_range}'"
   local low=${BASH_REMATCH[1]} high=${BASH_REMATCH[2]}
-  ((1024 <= low && low <= high && high <= 65535)) \
-    || die "${RSS_EXIT_USAGE}" "--port-range ${port_range} is outside 1024-65535"
+  ((RSS_PORT_LOW <= low && low <= high && high <= RSS_PORT_HIGH)) \
+    || die "${RSS_EXIT_USAGE}" "--port-range ${port_range} is outside ${RSS_PORT_LOW}-${RSS_PORT_HIGH}"
   require_uint --timeout "${timeout}"
   [[ -z "${slurm_job}" ]] || require_uint --slurm-job "${slurm_job}"
   # Read stdin to its end before anything can fail: a command that exits with its

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .remote import ScriptCall, env_payload
 from .remote.protocol import check_words
 from .request import Bind
+
+# The ports a server may listen on (mirrored in scripts/common.sh; a unit test keeps them equal).
+PORT_BOUNDS = (1024, 65535)
 
 
 def server_dir(remote_state_dir: str, username: str, server_name: str) -> str:
@@ -135,11 +138,11 @@ def job_state_call(job_id: str, timeout: float) -> ScriptCall:
     return ScriptCall("slurm_job.sh", ("state", "--job", job_id), timeout=timeout)
 
 
-def cancel_call(job_id: str, wait: int, timeout: float) -> ScriptCall:
-    """slurm_job.sh cancel: scancel, then wait up to *wait* seconds for the job to end."""
-    return ScriptCall(
-        "slurm_job.sh", ("cancel", "--job", job_id, "--wait", str(wait)), timeout=wait + timeout
-    )
+def cancel_call(job_id: str, wait: int, timeout: float, holding: Iterable[str]) -> ScriptCall:
+    """slurm_job.sh cancel: scancel, then wait up to *wait* seconds while the job's state is
+    one of *holding* (the states in which it holds or waits for its allocation)."""
+    args = ("cancel", "--job", job_id, "--wait", str(wait), "--while-states", ",".join(sorted(holding)))
+    return ScriptCall("slurm_job.sh", args, timeout=wait + timeout)
 
 
 def partitions_call(timeout: float) -> ScriptCall:

@@ -44,7 +44,7 @@ from traitlets import (
     validate,
 )
 
-from . import remote
+from . import calls, remote
 from . import state as state_mod
 from .internal_tls import CertsOnNode
 from .parts import Parts, make_parts
@@ -346,9 +346,9 @@ class RemoteSingularitySpawner(Spawner):
 
     @validate("port_range")
     def _validate_port_range(self, proposal):
-        low, high = proposal["value"]
-        if not 1024 <= low <= high <= 65535:
-            raise ValueError(f"port_range {low}-{high} must lie within 1024-65535")
+        (low, high), (least, most) = proposal["value"], calls.PORT_BOUNDS
+        if not least <= low <= high <= most:
+            raise ValueError(f"port_range {low}-{high} must lie within {least}-{most}")
         return proposal["value"]
 
     # The clock of start_timeout and the poll grace period (tests set their own).

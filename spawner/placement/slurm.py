@@ -33,6 +33,7 @@ from .node_status import SlurmView
 from .nodes import HOSTNAME_RE, Node, resolve_address
 from .slurm_form import render_slurm_form, slurm_options_from_form
 from .slurm_request import (
+    HOLDING_STATES,
     WAITING_STATES,
     Partition,
     SlurmRequest,
@@ -281,7 +282,7 @@ class SlurmPlacement(Placement):
         job, name = placed.job_id, self.access.log_name
         try:
             submit = await self.submit_host()
-            call = calls.cancel_call(job, CANCEL_WAIT, self.config.ssh_command_timeout)
+            call = calls.cancel_call(job, CANCEL_WAIT, self.config.ssh_command_timeout, HOLDING_STATES)
             reply = await self.access.call(submit.address, placed.login, call)
         except Exception as e:  # noqa: BLE001 - a clean-up logs whatever failed
             self.log.error("Cannot cancel Slurm job %s of %s: %s", job, name, self.access.explain(e))

@@ -102,9 +102,7 @@ class Partition:
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
             raise ValueError(f"partition {_show(name)}: nodes is not a list of names")
         counts = {key: _reply_count(data.get(key), name, key) for key in _COUNTS}
-        max_time = data.get("max_time_minutes")  # null: no limit
-        if max_time is not None and _reply_count(max_time, name, "max_time_minutes") == 0:
-            raise ValueError(f"partition {_show(name)}: max_time_minutes is 0")
+        max_time = parse_time_limit(data.get("max_time"), name)
         available, default = data.get("available"), data.get("default", False)
         if not isinstance(available, bool) or not isinstance(default, bool):
             raise ValueError(f"partition {_show(name)}: available or default is not true or false")
@@ -115,6 +113,22 @@ class Partition:
         nodes = f"{self.nodes_idle}/{self.nodes_total} nodes idle"
         text = f"{nodes}, {self.cpus_idle}/{self.cpus_total} CPUs idle"
         return text if self.available else text + ", down"
+
+
+# What sinfo prints as the time limit of a partition that has none.
+_NO_LIMIT = ("infinite", "unlimited")
+
+
+def parse_time_limit(value, partition: str) -> int | None:
+    """Minutes of a partition's time limit as sinfo prints it (%l); None: no limit."""
+    if not isinstance(value, str):
+        raise ValueError(f"partition {_show(partition)}: max_time {_show(str(value))} is not a string")
+    if value.strip().lower() in _NO_LIMIT:
+        return None
+    try:
+        return parse_time(value, "max_time")
+    except OptionsError as e:
+        raise ValueError(f"partition {_show(partition)}: {e}") from None
 
 
 def _reply_count(value, name: str, key: str) -> int:

@@ -239,7 +239,7 @@ start_server() {
   local -a extra=("$@")
   hub_env "${HUB_ENV_EXTRA[@]}" | reaped bash "${SCRIPTS}/start_singleuser.sh" \
     --exe "${EXE:-singularity}" --image "${IMAGE}" --server-dir "${SERVER_DIR}" --timeout 20 \
-    "${extra[@]}" -- fake-singleuser
+    --port-range 49152-60999 "${extra[@]}" -- fake-singleuser
 }
 
 # json_field JSON KEY: print one field of a flat JSON object.

@@ -177,10 +177,13 @@ EOF
 
 # --- cancel -------------------------------------------------------------------------------
 
+# The states the spawner says a job holds its allocation in (slurm_request.HOLDING_STATES).
+HOLDING=COMPLETING,CONFIGURING,PENDING,REQUEUED,RESIZING,RUNNING,SUSPENDED
+
 @test "cancel: scancel, then wait until the job has left the queue" {
   stand_in scancel <<<'exit 0'
   stand_in squeue <<<'if ((n <= 2)); then printf "COMPLETING\n"; fi'
-  run -0 --separate-stderr slurm_job cancel --job 42
+  run -0 --separate-stderr slurm_job cancel --job 42 --while-states "${HOLDING}"
   [ "${output}" = '{"job_id": "42", "state": "GONE"}' ]
   [ "$(stand_in_argv scancel)" = 42 ]
   [ "$(stand_in_argv squeue 3)" = "$(words -h -j 42 -o %T)" ]
@@ -189,7 +192,7 @@ EOF
 @test "cancel: a job that has ended but is still listed is done" {
   stand_in scancel <<<'exit 0'
   stand_in squeue <<<'printf "CANCELLED\n"'
-  run -0 --separate-stderr slurm_job cancel --job 42
+  run -0 --separate-stderr slurm_job cancel --job 42 --while-states "${HOLDING}"
   [ "${output}" = '{"job_id": "42", "state": "CANCELLED"}' ]
 }
 
@@ -202,20 +205,20 @@ EOF
 printf 'slurm_load_jobs error: Invalid job id specified\n' >&2
 exit 1
 EOF
-  run -0 --separate-stderr slurm_job cancel --job 42
+  run -0 --separate-stderr slurm_job cancel --job 42 --while-states "${HOLDING}"
   [ "${output}" = '{"job_id": "42", "state": "GONE"}' ]
   stand_in scancel <<'EOF'
 printf 'scancel: error: Kill job error on job id 42: Job/step already completing or completed\n' >&2
 exit 1
 EOF
-  run -0 --separate-stderr slurm_job cancel --job 42
+  run -0 --separate-stderr slurm_job cancel --job 42 --while-states "${HOLDING}"
 }
 
 @test "cancel: a job still running after --wait is exit 11 naming its state" {
   stand_in scancel <<<'exit 0'
   stand_in squeue <<<'printf "RUNNING\n"'
   local began=${EPOCHREALTIME/./}
-  run -11 --separate-stderr slurm_job cancel --job 42 --wait 1
+  run -11 --separate-stderr slurm_job cancel --job 42 --while-states "${HOLDING}" --wait 1
   local waited=$((${EPOCHREALTIME/./} - began))
   [ "${stderr}" = "slurm_job.sh: job 42 is still RUNNING after 1s" ]
   ((waited >= 900000 && waited < 5000000))
@@ -227,8 +230,20 @@ EOF
 printf 'scancel: error: Kill job error on job id 42: Access/permission denied\n' >&2
 exit 1
 EOF
-  run -11 --separate-stderr slurm_job cancel --job 42
+  run -11 --separate-stderr slurm_job cancel --job 42 --while-states "${HOLDING}"
   [[ "${stderr}" == *"Access/permission denied"* ]]
+}
+
+@test "cancel: it waits only while the job is in a state it was told; without them it is a usage error" {
+  stand_in scancel <<<'exit 0'
+  stand_in squeue <<<'printf "REQUEUED\n"'
+  run -11 --separate-stderr slurm_job cancel --job 42 --wait 0 --while-states "${HOLDING}"
+  [ "${stderr}" = "slurm_job.sh: job 42 is still REQUEUED after 0s" ]
+  run -0 --separate-stderr slurm_job cancel --job 42 --while-states RUNNING
+  [ "${output}" = '{"job_id": "42", "state": "REQUEUED"}' ]
+  run -64 --separate-stderr slurm_job cancel --job 42
+  [[ "${stderr}" == *"--while-states needs STATE"* ]]
+  run -64 --separate-stderr slurm_job cancel --job 42 --while-states 'RUNNING;id'
 }
 
 # --- partitions ---------------------------------------------------------------------------
@@ -253,16 +268,16 @@ EOF
   json_is "${output}" '{"partitions": [
     {"name": "debug", "default": true, "available": true, "nodes": ["rss-node1", "rss-node2", "rss-node3"],
      "nodes_idle": 1, "nodes_total": 3, "cpus_idle": 3, "cpus_total": 6, "cpus_per_node": 2,
-     "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time_minutes": 60},
+     "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time": "1:00:00"},
     {"name": "gpu", "default": false, "available": true, "nodes": ["gpu1", "gpu2"],
      "nodes_idle": 1, "nodes_total": 2, "cpus_idle": 8, "cpus_total": 24, "cpus_per_node": 16,
-     "memory_mb_per_node": 128000, "gpus_per_node": 6, "max_time_minutes": 2880},
+     "memory_mb_per_node": 128000, "gpus_per_node": 6, "max_time": "2-00:00:00"},
     {"name": "long", "default": false, "available": false, "nodes": [],
      "nodes_idle": 0, "nodes_total": 0, "cpus_idle": 0, "cpus_total": 0, "cpus_per_node": 0,
-     "memory_mb_per_node": 0, "gpus_per_node": 0, "max_time_minutes": null}]}'
+     "memory_mb_per_node": 0, "gpus_per_node": 0, "max_time": "infinite"}]}'
 }
 
-@test "partitions: Slurm's time limit formats in minutes, seconds rounded up" {
+@test "partitions: each time limit as sinfo prints it (the spawner reads it: slurm_request.py)" {
   local -a limits=(30 30:00 30:01 1:00:00 01:30:01 1-00 1-02 1-02:30 2-00:00:01 infinite UNLIMITED)
   local limit i=0
   for limit in "${limits[@]}"; do
@@ -272,9 +287,9 @@ EOF
 [[ "\$*" == *-N* ]] || cat '${BATS_TEST_TMPDIR}/sinfo.out'
 EOF
   run -0 --separate-stderr slurm_job partitions
-  run -0 python3 -c 'import json,sys; print(json.dumps([p["max_time_minutes"] for p in json.loads(sys.argv[1])["partitions"]]))' \
+  run -0 python3 -c 'import json,sys; print(" ".join(p["max_time"] for p in json.loads(sys.argv[1])["partitions"]))' \
     "${output}"
-  [ "${output}" = '[30, 30, 31, 60, 91, 1440, 1560, 1590, 2881, null, null]' ]
+  [ "${output}" = "${limits[*]}" ]
 }
 
 @test "partitions: sinfo failing is exit 11 with its message" {

@@ -144,7 +144,7 @@ server_env() {
 }
 
 @test "an invalid environment record is refused before anything starts" {
-  run -7 --separate-stderr reaped bash -c "printf 'BAD-KEY=1\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -7 --separate-stderr reaped bash -c "printf 'BAD-KEY=1\0' | bash '${SCRIPTS}/start_singleuser.sh' --port-range 49152-60999 \
     --exe singularity --image '${IMAGE}' --server-dir x -- fake-singleuser"
   [[ "${stderr}" == *"invalid environment record"* ]]
   [ ! -e "${HOME}/x/server.log" ]
@@ -178,7 +178,7 @@ hub_env_start_with_image() {
 }
 
 @test "command missing in the container: fails fast" {
-  run -4 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -4 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' --port-range 49152-60999 \
     --exe singularity --image '${IMAGE}' --server-dir x -- no-such-server"
   [[ "${stderr}" == *'"no-such-server": executable file not found in $PATH'* ]]
 }
@@ -203,7 +203,7 @@ hub_env_start_with_image() {
 }
 
 @test "a server that never listens is killed at the timeout: exit 5, nothing left" {
-  run -5 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -5 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' --port-range 49152-60999 \
     --exe singularity --image '${IMAGE}' --server-dir x --timeout 1 -- sleep 1000"
   [[ "${stderr}" == *"did not listen"* ]]
   sleep 0.5
@@ -214,7 +214,7 @@ hub_env_start_with_image() {
   # Its helpers, one in its process group, one in a session of its own, are
   # left to the subreaper of `reaped` if they outlive it: none may be alive.
   local group="1${RANDOM}.5" session="2${RANDOM}.5"
-  run -4 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' \
+  run -4 --separate-stderr reaped bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | bash '${SCRIPTS}/start_singleuser.sh' --port-range 49152-60999 \
     --exe singularity --image '${IMAGE}' --server-dir x --timeout 20 \
     -- bash -c 'sleep ${group} & setsid sleep ${session} & sleep 1.5; echo crashed >&2; exit 3'"
   [[ "${stderr}" == *"crashed"* ]]
@@ -244,12 +244,12 @@ hub_env_start_with_image() {
 @test "--slurm-job without srun on PATH: exit 64 naming srun, nothing started" {
   mkdir -p "${BATS_TEST_TMPDIR}/empty"
   run -64 --separate-stderr bash -c "printf 'JUPYTERHUB_SERVICE_URL=http://127.0.0.1:0/\0' | PATH='${BATS_TEST_TMPDIR}/empty' \
-    '${BASH}' '${SCRIPTS}/start_singleuser.sh' --exe '${TEST_BIN}/singularity' --image '${IMAGE}' \
+    '${BASH}' '${SCRIPTS}/start_singleuser.sh' --port-range 49152-60999 --exe '${TEST_BIN}/singularity' --image '${IMAGE}' \
     --server-dir x --slurm-job 42 -- fake-singleuser"
   [[ "${stderr}" == *"srun not found on PATH"* && "${stderr}" == *"--slurm-job"* ]]
   [ ! -e "${HOME}/x" ]
   run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y \
-    --slurm-job 'x;id' -- cmd
+    --port-range 49152-60999 --slurm-job 'x;id' -- cmd
   [[ "${stderr}" == *"--slurm-job needs a non-negative integer"* ]]
 }
 
@@ -260,6 +260,8 @@ hub_env_start_with_image() {
   run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y \
     --port-range 80-90 -- cmd
   [[ "${stderr}" == *"outside 1024-65535"* ]]
+  run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y -- cmd
+  [[ "${stderr}" == *"--port-range is required"* ]]
 }
 
 @test "--help describes the options" {

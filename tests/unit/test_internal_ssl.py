@@ -241,7 +241,7 @@ async def test_with_slurm_the_certificate_names_the_allocated_node_and_goes_ther
     partition = {
         "name": "debug", "available": True, "default": True, "nodes": ["n1", "n2"], "nodes_idle": 2,
         "nodes_total": 2, "cpus_idle": 4, "cpus_total": 4, "cpus_per_node": 2, "memory_mb_per_node": 2000,
-        "gpus_per_node": 0, "max_time_minutes": 60,
+        "gpus_per_node": 0, "max_time": "1:00:00",
     }  # fmt: skip
     answers = {
         "partitions": reply(partitions=[partition]),

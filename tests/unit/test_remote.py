@@ -15,7 +15,7 @@ import paramiko
 import pytest
 from fakes import FakeSSH, reply
 
-from remotesingularityspawner import remote
+from remotesingularityspawner import calls, remote
 from remotesingularityspawner.remote import protocol
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -28,6 +28,12 @@ def test_exit_code_table_matches_the_scripts_library():
     assert in_bash == in_python
     assert not set(in_python.values()) & {1, 2, 126, 127, 255}
     assert all(v < 128 for v in in_python.values())
+
+
+def test_the_port_bounds_match_the_scripts_library():
+    text = (SCRIPTS / "common.sh").read_text()
+    in_bash = tuple(int(re.search(rf"readonly RSS_PORT_{end}=(\d+)", text)[1]) for end in ("LOW", "HIGH"))
+    assert in_bash == calls.PORT_BOUNDS
 
 
 def test_env_payload_is_nul_separated_and_keeps_values_literally():

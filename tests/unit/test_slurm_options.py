@@ -16,6 +16,7 @@ from remotesingularityspawner.placement.slurm_request import (
     parse_memory,
     parse_partition_limits,
     parse_time,
+    parse_time_limit,
     validate_slurm_options,
 )
 from remotesingularityspawner.request import Bind, OptionsError
@@ -34,7 +35,7 @@ def reply(name="debug", **fields):
         "cpus_per_node": 2,
         "memory_mb_per_node": 2000,
         "gpus_per_node": 0,
-        "max_time_minutes": 60,
+        "max_time": "1:00:00",
     }
     return data | fields
 
@@ -44,7 +45,7 @@ def partitions(*items):
 
 
 DEBUG = Partition.from_reply(reply(default=True))
-SMALL = Partition.from_reply(reply("small", nodes=["rss-node2"], gpus_per_node=2, max_time_minutes=None))
+SMALL = Partition.from_reply(reply("small", nodes=["rss-node2"], gpus_per_node=2, max_time="infinite"))
 GPU = Partition.from_reply(
     reply("gpu", nodes=["rss-gpu1"], cpus_per_node=64, memory_mb_per_node=256000, gpus_per_node=4)
 )
@@ -150,6 +151,13 @@ def test_partition_from_reply_and_its_summary():
     assert SMALL.max_time_minutes is None and SMALL.default is False
 
 
+def test_slurms_time_limit_formats_in_minutes_seconds_rounded_up():
+    limits = ["30", "30:00", "30:01", "1:00:00", "01:30:01", "1-00", "1-02", "1-02:30", "2-00:00:01"]
+    assert [parse_time_limit(limit, "p") for limit in [*limits, "infinite", "UNLIMITED"]] == [
+        30, 30, 31, 60, 91, 1440, 1560, 1590, 2881, None, None,
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -161,7 +169,9 @@ def test_partition_from_reply_and_its_summary():
         reply(cpus_idle=-1),
         reply(cpus_total="4"),
         reply(gpus_per_node=True),
-        reply(max_time_minutes=0),
+        reply(max_time="0"),
+        reply(max_time=60),
+        reply(max_time="soon"),
         reply(available="yes"),
         {k: v for k, v in reply().items() if k != "memory_mb_per_node"},
     ],

@@ -15,9 +15,9 @@ SUBMIT = "10.0.0.11"  # the first node of the list: the default submit host
 DEBUG = {
     "name": "debug", "available": True, "default": True, "nodes": ["rss-node1", "rss-node2"],
     "nodes_idle": 2, "nodes_total": 2, "cpus_idle": 4, "cpus_total": 4, "cpus_per_node": 2,
-    "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time_minutes": 60,
+    "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time": "1:00:00",
 }  # fmt: skip
-SMALL = {**DEBUG, "name": "small", "default": False, "nodes": ["rss-node2"], "max_time_minutes": 30}
+SMALL = {**DEBUG, "name": "small", "default": False, "nodes": ["rss-node2"], "max_time": "30:00"}
 
 
 def arg(args, option):
