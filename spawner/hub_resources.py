@@ -38,6 +38,7 @@ class HubResources:
         self._pools: dict[tuple[float, int], remote.ConnectionPool] = {}
         self._nodes: dict[str, list[Node]] = {}
         self._bundles: dict[str, remote.ScriptBundle] = {}
+        self._packaged_scripts = str(remote.packaged_scripts_dir())
         self.remote_caches = remote.Caches()
         self.status = StatusCache(unknown=lambda error: NodeStatus(reachable=False, error=error))
         self.partitions = StatusCache(unknown=lambda error: SlurmView(error=error))
@@ -80,8 +81,10 @@ class HubResources:
                 )
             return self._pools[key]
 
-    def bundle(self, directory: str) -> remote.ScriptBundle:
-        """The scripts in *directory*, read once per Hub process (not on every poll)."""
+    def bundle(self, directory: str = "") -> remote.ScriptBundle:
+        """The scripts in *directory* (default: the package's), read once per Hub process (not
+        on every poll)."""
+        directory = directory or self._packaged_scripts
         with self._lock:
             if directory not in self._bundles:
                 self._bundles[directory] = remote.ScriptBundle.load(directory)

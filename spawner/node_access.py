@@ -75,7 +75,7 @@ class NodeAccess:
     def _with_session(self, target: remote.Target, action, *args):
         """Blocking: open (or reuse) the connection to *target* and run *action* on it."""
         config = self.config
-        bundle = self.resources.bundle(config.scripts_dir or str(remote.packaged_scripts_dir()))
+        bundle = self.resources.bundle(config.scripts_dir)
         pool = self.resources.pool(config.ssh_idle_timeout, config.ssh_keepalive_interval)
         with remote.NodeSession(
             target, bundle, config.remote_state_dir, self.log, pool,

@@ -394,7 +394,7 @@ class RemoteSingularitySpawner(Spawner):
 
         Raises SpawnException with a sentence naming the node and the cause.
         """
-        self._starting = True
+        self._starting, self.placed = True, None
         deadline = self.clock() + self.start_timeout
         self._steps.restart()
         try:

@@ -8,7 +8,6 @@ started by an older one can still be stopped by it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -30,11 +29,10 @@ SCRIPT_FILES = (
 DEFAULT_NODE_SCRIPTS_DIR = "/opt/remote-singularity-spawner/scripts"
 
 
-@functools.cache
 def packaged_scripts_dir() -> Path:
     """The scripts shipped with this package (or, in a source checkout, scripts/).
 
-    Found once per process: every SSH operation asks, and each look resolved paths.
+    It resolves paths: the Hub asks once (hub_resources.py), not at every SSH operation.
     """
     installed = Path(__file__).resolve().parent.parent / "scripts"
     if installed.is_dir():
