@@ -25,7 +25,7 @@ from test_certificate_mode import (  # noqa: F401 - fixtures
     workroot,
 )
 from test_internal_ssl_spawn import certs_left, tls_handshake
-from test_slurm import job_of_server
+from test_slurm import job_of_server, slurm  # noqa: F401 - slurm: a fixture
 
 POLL = 3  # the Hubs' poll_interval
 SSH_CHOICE = {"host": "rss-node2"}
@@ -44,14 +44,6 @@ COMBINATIONS = [(p, login, tls) for p in PLACEMENTS for login in LOGINS for tls 
 def combination_id(combination) -> str:
     placement, login, tls = combination
     return f"{placement}-{login}-{'tls' if tls else 'plain'}"
-
-
-@pytest.fixture(scope="module")
-def slurm(cluster):
-    slurm_cluster.up()
-    slurm_cluster.cancel_all()
-    yield slurm_cluster
-    slurm_cluster.cancel_all()
 
 
 def matrix_hub(cluster, root, placement, login, tls, offset, python, ca):
