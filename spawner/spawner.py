@@ -47,8 +47,10 @@ from traitlets import (
 from . import calls, remote
 from . import state as state_mod
 from .internal_tls import CertsOnNode
+from .login import LOGIN_METHODS
 from .parts import Parts, make_parts
 from .placement import (
+    PLACEMENTS,
     Placed,
     apply_user_options,
     options_from_form,
@@ -67,7 +69,7 @@ class RemoteSingularitySpawner(Spawner):
     (placement "ssh") or that Slurm allocates (placement "slurm")."""
 
     placement = Enum(
-        ["ssh", "slurm"],
+        list(PLACEMENTS),
         default_value="ssh",
         help="""How the node is chosen. "ssh": the user picks one of nodelist and the server
         is started there over SSH. "slurm": the user picks a partition and resources
@@ -180,7 +182,7 @@ class RemoteSingularitySpawner(Spawner):
     ).tag(config=True)
 
     ssh_auth = Enum(
-        ["user-key", "certificate"],
+        list(LOGIN_METHODS),
         default_value="user-key",
         help="""How the Hub logs in to the nodes as the user. "user-key": with the user's own
         private key, read from their home (ssh_key_files; the Hub must be able to read it,
