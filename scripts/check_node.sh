@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 #
-# Inspect a node for `invoke check` and `invoke deploy`: the container
-# runtime and its version, the image, and the node-wide copy of the scripts.
-# Changes nothing. Prints one JSON line:
+# Inspect a node for `invoke check` and `invoke deploy`: on a compute node
+# the container runtime and its version and the image; on a Slurm submit
+# host the Slurm client and the nodes sinfo lists; on both the node-wide
+# copy of the scripts. Changes nothing. Prints one JSON line:
 #
 #   {"runtime": PATH or "", "runtime_version": first line of --version,
 #    "image": "ok" | "missing" | "unreadable", "image_for_all": true|false,
+#                                                       (role compute)
+#    "slurm_missing": "sbatch squeue ..." (those not on PATH, or ""),
+#    "sinfo": "ok" | "failed" | "missing", "sinfo_error": its stderr,
+#    "slurm_nodes": ["NAME|NODEADDR", ...] (one per node and partition),
+#                                                       (role submit)
 #    "scripts": "missing" | "ok" | "unsafe", "scripts_problem": TEXT,
 #    "scripts_sums": "NAME=SHA256 NAME=SHA256 ..."}
+#
+# The node names and addresses are sinfo's, reported as they are: the
+# caller validates them.
 #
 # "unsafe": the directory, a parent of it or a file in it is not owned by
 # root or is writable by group or others, so the spawner will not use it.
@@ -21,8 +30,15 @@ RSS_NAME=check_node.sh  # for die(): fed on stdin, $0 is "bash"
 # shellcheck source-path=SCRIPTDIR source=common.sh
 [[ -n "${RSS_EXIT_OK+x}" ]] || source "${BASH_SOURCE[0]%/*}/common.sh"
 
+# What users run on a submit host (placement slurm).
+readonly SLURM_CLIENT=(sbatch squeue scancel sinfo)
+
 usage() {
-  printf 'Usage: check_node.sh --exe SINGULARITY --image IMAGE --scripts-dir DIR\n'
+  printf 'Usage: check_node.sh [--role compute] --exe SINGULARITY --image IMAGE --scripts-dir DIR\n'
+  printf '       check_node.sh --role submit --scripts-dir DIR\n'
+  printf '       check_node.sh --role submit,compute --exe SINGULARITY --image IMAGE --scripts-dir DIR\n'
+  printf '  compute: the runtime and the image (absolute) for the servers\n'
+  printf '  submit: the Slurm client (%s on PATH) and the nodes sinfo lists\n' "${SLURM_CLIENT[*]}"
   printf '  DIR: the node-wide directory of one scripts version (absolute)\n'
 }
 
@@ -65,13 +81,12 @@ inspect_scripts() {
   fi
 }
 
-main() {
-  local exe="" image="" scripts_dir=""
-  parse_options exe image scripts-dir -- "$@"
-  [[ -n "${exe}" && "${image}" == /* && "${scripts_dir}" == /* ]] \
-    || die "${RSS_EXIT_USAGE}" "--exe, an absolute --image and an absolute --scripts-dir are required"
-
-  local runtime="" version="" out
+#######################################
+# Print the compute node's fields of the reply (each followed by ", "):
+# the runtime EXE and its version, and the IMAGE.
+#######################################
+runtime_and_image() {
+  local exe="$1" image="$2" runtime="" version="" out
   if runtime=$(command -v -- "${exe}"); then
     out=$(timeout 30 "${exe}" --version 2>&1 </dev/null) || true
     version=${out%%$'\n'*}
@@ -88,11 +103,53 @@ main() {
   if [[ "${image_state}" == ok ]] && readable_by_all "${image}"; then
     for_all=true
   fi
-
-  inspect_scripts "${scripts_dir}"
-  printf '{"runtime": %s, "runtime_version": %s, "image": %s, "image_for_all": %s, ' \
+  printf '"runtime": %s, "runtime_version": %s, "image": %s, "image_for_all": %s, ' \
     "$(json_str "${runtime}")" "$(json_str "${version}")" "$(json_str "${image_state}")" "${for_all}"
-  printf '"scripts": %s, "scripts_problem": %s, "scripts_sums": %s}\n' \
+}
+
+#######################################
+# Print the submit host's fields of the reply (each followed by ", "): the
+# Slurm client commands missing from PATH, and each line of
+# `sinfo -h -N -o '%N|%o'` (node name and NodeAddr) or why it failed.
+#######################################
+slurm_client() {
+  local command missing="" state=ok error="" out="" line nodes="" err_file
+  for command in "${SLURM_CLIENT[@]}"; do
+    command -v -- "${command}" >/dev/null || missing+="${missing:+ }${command}"
+  done
+  if ! command -v sinfo >/dev/null; then
+    state=missing
+  else
+    err_file=$(mktemp) || die "${RSS_EXIT_CANNOT_WRITE}" "cannot create a temporary file"
+    out=$(timeout 30 sinfo -h -N -o '%N|%o' 2>"${err_file}" </dev/null) || state=failed
+    error=$(<"${err_file}")
+    rm -f -- "${err_file}"
+  fi
+  if [[ "${state}" == ok ]]; then
+    while IFS= read -r line; do
+      [[ -z "${line}" ]] || nodes+="${nodes:+, }$(json_str "${line}")"
+    done <<<"${out}"
+  fi
+  printf '"slurm_missing": %s, "sinfo": %s, "sinfo_error": %s, "slurm_nodes": [%s], ' \
+    "$(json_str "${missing}")" "$(json_str "${state}")" "$(json_str "${error}")" "${nodes}"
+}
+
+main() {
+  local role=compute exe="" image="" scripts_dir=""
+  parse_options role exe image scripts-dir -- "$@"
+  [[ "${role}" =~ ^(compute|submit|submit,compute)$ ]] \
+    || die "${RSS_EXIT_USAGE}" "--role must be compute, submit or submit,compute"
+  if [[ "${role}" == *compute ]]; then
+    [[ -n "${exe}" && "${image}" == /* && "${scripts_dir}" == /* ]] \
+      || die "${RSS_EXIT_USAGE}" "--exe, an absolute --image and an absolute --scripts-dir are required"
+  fi
+  [[ "${scripts_dir}" == /* ]] || die "${RSS_EXIT_USAGE}" "an absolute --scripts-dir is required"
+
+  local reply="{"
+  if [[ "${role}" == *compute ]]; then reply+=$(runtime_and_image "${exe}" "${image}"); fi
+  if [[ "${role}" == submit* ]]; then reply+=$(slurm_client); fi
+  inspect_scripts "${scripts_dir}"
+  printf '%s"scripts": %s, "scripts_problem": %s, "scripts_sums": %s}\n' "${reply}" \
     "$(json_str "${SCRIPTS_STATE}")" "$(json_str "${SCRIPTS_PROBLEM}")" "$(json_str "${SCRIPTS_SUMS}")"
 }
 

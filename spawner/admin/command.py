@@ -1,8 +1,10 @@
 """The admin command: ``remote-singularity-spawner check|deploy`` (also ``invoke check|deploy``).
 
 Inspect the compute nodes over SSH, install the scripts node-wide and make
-sshd trust the Hub's SSH CA (see deploy.py). Here: the command line, the
-CA's public key read from what the admin gave, the printed table. The same
+sshd trust the Hub's SSH CA (see deploy.py; with placement slurm also the
+submit host, and the compute nodes are those its sinfo lists: see
+slurm_hosts.py). Here: the command line, the CA's public key read from what
+the admin gave, the printed table. The same
 Invoke tasks serve the console script that ``pip install`` gives and
 ``invoke`` in a clone of the repository (tasks.py imports them).
 """
@@ -22,13 +24,17 @@ from invoke import Collection, Exit, Program, task
 
 from .. import __version__, remote
 from . import deploy as deploy_mod
+from . import settings as settings_mod
+from .settings import DeployError
 
 _COMMENT_RE = re.compile(r"[A-Za-z0-9 ._/+@=%~:,()-]{1,100}")  # a CA key's comment, kept if this plain
 
 _NODE_HELP = {
-    "hosts": "the nodes, comma separated: names, name:ip or :ip (default: the config's nodelist)",
+    "hosts": "the nodes, comma separated: names, name:ip or :ip (default: the config's nodelist; with "
+    "placement slurm: the submit host and the nodes its sinfo lists)",
     "config": "a jupyterhub_config.py: nodelist, singularity_exe_path, singularity_container_path, "
-    "node_scripts_dir, scripts_dir, known_hosts_files, ssh_port, ssh_ca_key_file",
+    "node_scripts_dir, scripts_dir, known_hosts_files, ssh_port, ssh_ca_key_file, placement, "
+    "slurm_submit_host",
     "user": "log in to the nodes as this user (default root: the node-wide files must be root's)",
     "key": "private key(s) for that login, comma separated (default ~/.ssh/id_ed25519, id_ecdsa, id_rsa)",
     "known_hosts": "extra known_hosts file(s), comma separated (always: /etc/ssh/ssh_known_hosts, "
@@ -39,7 +45,7 @@ _NODE_HELP = {
     "timeout": "seconds to wait for each node's sshd",
     "trust_ca": "the Hub's SSH CA: a file with its public key line, for sshd's TrustedUserCAKeys "
     "(default: the public key of the config's ssh_ca_key_file; neither: the CA is not looked at)",
-    "sshd_config": f"sshd's main config on the nodes (default {deploy_mod.DEFAULT_SSHD_CONFIG})",
+    "sshd_config": f"sshd's main config on the nodes (default {settings_mod.DEFAULT_SSHD_CONFIG})",
 }
 
 
@@ -57,23 +63,21 @@ def ca_public_key(trust_ca: str = "", ca_key_file: str = "") -> tuple[str, str]:
             line = remote.CertificateAuthority.load(ca_key_file).public_line()
             return f"{line} remote-singularity-spawner CA", ca_key_file
         except remote.CAError as e:
-            raise deploy_mod.DeployError(f"ssh_ca_key_file: {e}") from None
+            raise DeployError(f"ssh_ca_key_file: {e}") from None
     what = f"--trust-ca {trust_ca}"
     try:
         text = Path(trust_ca).read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise deploy_mod.DeployError(f"{what}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+        raise DeployError(f"{what}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
     if "PRIVATE KEY" in text:
-        raise deploy_mod.DeployError(
-            f"{what} is a private key: give its public key (ssh-keygen -y -f KEY > KEY.pub)"
-        )
+        raise DeployError(f"{what} is a private key: give its public key (ssh-keygen -y -f KEY > KEY.pub)")
     lines = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     try:
         key = serialization.load_ssh_public_key(" ".join(lines[0][:2]).encode()) if len(lines) == 1 else None
     except (ValueError, UnsupportedAlgorithm):
         key = None
     if not isinstance(key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
-        raise deploy_mod.DeployError(
+        raise DeployError(
             f"{what} must hold one public key line (ed25519, ecdsa or rsa): ssh-ed25519 AAAA... comment"
         )
     line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
@@ -91,13 +95,13 @@ def _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_
                 trust_ca, sshd_config, change=False, dry_run=False):  # fmt: skip
     split = [p for p in known_hosts.split(",") if p]
     try:
-        hub_config = deploy_mod.read_hub_config(config) if config else {}
+        hub_config = settings_mod.read_hub_config(config) if config else {}
         ca = ca_public_key(trust_ca, hub_config.get("ssh_ca_key_file", ""))
-        settings, warnings = deploy_mod.make_settings(
+        settings, warnings = settings_mod.make_settings(
             hub_config, hosts=hosts, exe=exe, image=image, node_scripts_dir=node_scripts_dir,
             known_hosts=split, ca=ca, sshd_config=sshd_config,
         )  # fmt: skip
-    except deploy_mod.DeployError as e:
+    except DeployError as e:
         raise Exit(f"error: {e}") from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -108,6 +112,9 @@ def _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_
     action = " (dry run: nothing changed)" if dry_run else ""
     print(f"scripts version {bundle.version} in {settings.node_scripts_dir}/{bundle.version}{action}")
     print(f"image {settings.image}, runtime {settings.exe}")
+    if settings.submit_host is not None:
+        submit = settings.submit_host
+        print(f"placement slurm: submit host {submit.label} ({submit.address}) and the nodes its sinfo lists")
     if settings.ca_key:
         fingerprint = ca_fingerprint(settings.ca_key)
         print(f"CA {fingerprint} from {settings.ca_source}, sshd config {settings.sshd_config}")
@@ -124,8 +131,11 @@ def check(c, hosts="", config="", user="root", key="", known_hosts="", image="",
     """Inspect each compute node over SSH and print a table; change nothing.
 
     Per node: SSH login (host key verified), the runtime and its version, the
-    image, the node-wide scripts and, given a CA, whether sshd trusts it.
-    Exits 1 if any node is unfit for servers.
+    image, the node-wide scripts and, given a CA, whether sshd trusts it. With
+    placement slurm in --config (and no --hosts), the nodes are the submit
+    host (role submit: the Slurm client sbatch, squeue, scancel and sinfo,
+    not the runtime or image) and the nodes its sinfo lists (role compute).
+    Exits 1 if any node is unfit for servers, or sinfo lists no node.
     """
     _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout,
                 trust_ca, sshd_config)  # fmt: skip
@@ -143,8 +153,9 @@ def deploy(c, hosts="", config="", user="root", key="", known_hosts="", image=""
     sshd's config and points a drop-in of sshd's Include directory at it
     (TrustedUserCAKeys), then reloads sshd if `sshd -t` passes, else puts
     back what was there. Keys trusted before stay (CA rotation). Idempotent:
-    a node that has it all is left alone. Prints the table of `check`; exits
-    1 if any node is unfit for servers.
+    a node that has it all is left alone. With placement slurm, the submit
+    host and the nodes its sinfo lists, all of them made to trust the CA.
+    Prints the table of `check`; exits 1 if any node is unfit for servers.
     """
     _nodes_task(hosts, config, user, key, known_hosts, image, exe, node_scripts_dir, timeout,
                 trust_ca, sshd_config, change=True, dry_run=dry_run)  # fmt: skip

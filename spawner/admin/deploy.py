@@ -7,6 +7,9 @@ scripts installed in the node-wide directory the spawner prefers over a
 per-user upload (``node_scripts_dir/<version>``, root-owned), and, given the
 Hub's SSH CA, does sshd trust it. ``deploy`` installs what is missing; both
 print one table. Everything here blocks; nodes are inspected in parallel threads.
+What to check comes from settings.py; with placement slurm the hosts are the
+submit host (the Slurm client instead of the runtime and image) and the
+nodes its sinfo lists, each with its role (slurm_hosts.py).
 
 What runs on the node are the scripts being installed (``scripts_dir``, or
 the packaged ones): ``check_node.sh`` to inspect, ``put_files.sh`` to
@@ -25,118 +28,25 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import fabric
 import paramiko
-from traitlets.config import PyFileConfigLoader
 
 from .. import remote
-from ..placement.nodes import Node, parse_nodelist
+from ..placement.nodes import Node
+from . import slurm_hosts
+from .settings import DeployError as DeployError  # the settings, where admin.py and the tests found them
+from .settings import Settings
+from .settings import make_settings as make_settings
+from .settings import parse_hosts as parse_hosts
+from .settings import read_hub_config as read_hub_config
+from .slurm_hosts import COMPUTE, SUBMIT, has_role
 
 log = logging.getLogger(__name__)
 
 # The oldest runtimes the scripts are written for (flags, process layout).
 MIN_VERSIONS = {"apptainer": (1, 0), "singularity": (3, 7)}
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-_SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/+@=%~-]*")
-DEFAULT_SSHD_CONFIG = "/etc/ssh/sshd_config"
-
-
-# The spawner's default singularity_exe_path.
-DEFAULT_RUNTIME = "singularity"
-
-
-class DeployError(Exception):
-    """The command line or the Hub config is unusable; nothing was contacted."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What to check on every node, from the Hub config and the command line."""
-
-    nodes: tuple[Node, ...]
-    exe: str
-    image: str
-    node_scripts_dir: str
-    scripts_dir: str
-    known_hosts: tuple[str, ...]
-    port: int = 22
-    ca_key: str = ""  # the CA's public key line; "" when no CA was given
-    ca_source: str = ""  # where it came from, for the admin's eyes
-    sshd_config: str = DEFAULT_SSHD_CONFIG
-
-
-def parse_hosts(text: str) -> tuple[list[Node], list[str]]:
-    """``a,b:10.0.0.2,:10.0.0.3``: names (resolved), ``name:ip`` or ``:ip``, as in nodelist."""
-    records = [r.strip() for r in text.split(",") if r.strip()]
-    return parse_nodelist(",".join(r if ":" in r else f"{r}:" for r in records))
-
-
-def read_hub_config(path: str | os.PathLike) -> dict:
-    """The RemoteSingularitySpawner section of a jupyterhub_config.py, as a plain dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise DeployError(f"no such config file: {path}")
-    try:
-        config = PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
-    except Exception as e:  # noqa: BLE001 - any error in the admin's file is reported, not raised
-        raise DeployError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-    return dict(config.get("RemoteSingularitySpawner", {}))
-
-
-def make_settings(
-    config: dict | None = None,
-    hosts: str = "",
-    exe: str = "",
-    image: str = "",
-    node_scripts_dir: str = "",
-    known_hosts: Sequence[str] = (),
-    ca: tuple[str, str] = ("", ""),
-    sshd_config: str = "",
-) -> tuple[Settings, list[str]]:
-    """Merge the Hub config (if any) with the command line, which wins; validate.
-
-    *ca*: the CA's public key line and where it came from (admin.ca_public_key).
-
-    Returns the settings and warnings (dropped node records). Raises
-    DeployError naming the bad value.
-    """
-    config = config or {}
-    nodes, warnings = parse_hosts(hosts) if hosts else parse_nodelist(config.get("nodelist", ""))
-    if not nodes:
-        raise DeployError("no node to check: give --hosts or a --config whose nodelist has valid nodes")
-    image = image or config.get("singularity_container_path", "")
-    if not image:
-        raise DeployError("no image: give --image or set singularity_container_path in the config")
-    node_dir = node_scripts_dir or config.get("node_scripts_dir", remote.DEFAULT_NODE_SCRIPTS_DIR)
-    # Both travel as argv (shlex.join); the node-wide directory also names files for
-    # the spawner and check_node.sh to compare, so it is kept to plain characters.
-    if not image.startswith("/") or not image.isprintable():
-        raise DeployError(f"image {image!r} must be an absolute path without control characters")
-    if not _SAFE_PATH_RE.fullmatch(node_dir) or "/../" in f"{node_dir}/":
-        raise DeployError(
-            f"node_scripts_dir {node_dir!r} must be an absolute path of letters, digits and / . _ - + @ = % ~"
-        )
-    sshd_config = sshd_config or DEFAULT_SSHD_CONFIG
-    if not _SAFE_PATH_RE.fullmatch(sshd_config) or "/../" in f"{sshd_config}/":
-        raise DeployError(f"--sshd-config {sshd_config!r} must be an absolute path of plain characters")
-    # Templates ({home}, {login}) name the users' files: not the admin's business here.
-    config_known = [p for p in config.get("known_hosts_files", []) if "{" not in p]
-    default_known = ["/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")]
-    settings = Settings(
-        nodes=tuple(nodes),
-        exe=exe or config.get("singularity_exe_path", DEFAULT_RUNTIME),
-        image=image,
-        node_scripts_dir=node_dir.rstrip("/"),
-        scripts_dir=config.get("scripts_dir", "") or str(remote.packaged_scripts_dir()),
-        known_hosts=tuple(dict.fromkeys([*known_hosts, *config_known, *default_known])),
-        port=int(config.get("ssh_port", 22)),
-        ca_key=ca[0],
-        ca_source=ca[1],
-        sshd_config=sshd_config,
-    )
-    return settings, warnings
 
 
 @dataclass
@@ -151,6 +61,8 @@ class NodeReport:
     ca: str = "-"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    role: str = COMPUTE  # with placement slurm also "submit" or "submit, compute"
+    slurm: str = "-"  # the Slurm client, on a submit host
 
     @property
     def fit(self) -> bool:
@@ -191,21 +103,12 @@ def _sha256(data: bytes) -> str:
 
 
 def judge(report: NodeReport, probe: dict, settings: Settings, bundle: remote.ScriptBundle) -> str:
-    """Fill *report* from check_node.sh's reply; return the scripts' state."""
-    report.runtime, problem = runtime_verdict(
-        probe.get("runtime", ""), probe.get("runtime_version", ""), settings.exe
-    )
-    if problem:
-        report.problems.append(problem)
-    image = probe.get("image", "")
-    if image == "ok":
-        report.image = "ok"
-        if not probe.get("image_for_all"):
-            report.image = "ok (not for all)"
-            report.notes.append(f"{settings.image} is not readable by all users: check its group")
-    else:
-        report.image = image.upper() or "UNKNOWN"
-        report.problems.append(f"image {settings.image}: {image or 'no answer'}")
+    """Fill *report* from check_node.sh's reply, for the report's role; return the scripts' state."""
+    if has_role(report.role, SUBMIT):
+        report.slurm, problem = slurm_hosts.slurm_client_verdict(probe)
+        report.problems += [problem] if problem else []
+    if has_role(report.role, COMPUTE):
+        judge_runtime_and_image(report, probe, settings)
     state = scripts_state(probe, bundle)
     where = f"{settings.node_scripts_dir}/{bundle.version}"
     report.scripts = {"missing": "missing", "current": "current"}.get(state, state.upper())
@@ -222,13 +125,33 @@ def judge(report: NodeReport, probe: dict, settings: Settings, bundle: remote.Sc
     return state
 
 
-def probe_node(conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBundle) -> dict:
-    """Run the bundle's check_node.sh on the node (fed on stdin); its JSON reply."""
-    args = [
-        "--exe", settings.exe,
-        "--image", settings.image,
-        "--scripts-dir", f"{settings.node_scripts_dir}/{bundle.version}",
-    ]  # fmt: skip
+def judge_runtime_and_image(report: NodeReport, probe: dict, settings: Settings) -> None:
+    """Fill the RUNTIME and IMAGE columns of a compute node's *report* from check_node.sh's reply."""
+    report.runtime, problem = runtime_verdict(
+        probe.get("runtime", ""), probe.get("runtime_version", ""), settings.exe
+    )
+    if problem:
+        report.problems.append(problem)
+    image = probe.get("image", "")
+    if image == "ok":
+        report.image = "ok"
+        if not probe.get("image_for_all"):
+            report.image = "ok (not for all)"
+            report.notes.append(f"{settings.image} is not readable by all users: check its group")
+    else:
+        report.image = image.upper() or "UNKNOWN"
+        report.problems.append(f"image {settings.image}: {image or 'no answer'}")
+
+
+def probe_node(
+    conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBundle, role: str = COMPUTE
+) -> dict:
+    """Run the bundle's check_node.sh for *role* on the node (fed on stdin); its JSON reply."""
+    args = ["--scripts-dir", f"{settings.node_scripts_dir}/{bundle.version}"]
+    if has_role(role, COMPUTE):
+        args = ["--exe", settings.exe, "--image", settings.image, *args]
+    if role != COMPUTE:
+        args = ["--role", slurm_hosts.script_role(role), *args]
     command = remote.command_line(None, args)
     reply = remote.run_command(conn, command, bundle.fed_on_stdin("check_node.sh"))
     if reply.exit_code != 0 or "scripts" not in reply.data:
@@ -289,9 +212,11 @@ def inspect_node(
     user: str,
     change: bool = False,
     dry_run: bool = False,
+    role: str = COMPUTE,
 ) -> NodeReport:
-    """Check one node and, with *change*, install the scripts (and trust the CA) there. Never raises."""
-    report = NodeReport(node)
+    """Check one node for its *role* and, with *change*, install the scripts (and trust the CA)
+    there. Never raises."""
+    report = NodeReport(node, role=role)
     try:
         conn = connect(node)
     except remote.HostKeyError as e:
@@ -308,7 +233,7 @@ def inspect_node(
         return report
     report.ssh = f"ok ({user})"
     try:
-        probe = probe_node(conn, settings, bundle)
+        probe = probe_node(conn, settings, bundle, role)
         state = judge(report, probe, settings, bundle)
         # An unsafe parent directory is the admin's to fix; a reinstall would not help.
         culprit = f"{probe.get('scripts_problem')} ".split(" ", 1)[0]
@@ -322,8 +247,8 @@ def inspect_node(
             install(conn, settings, bundle, state)
             report.problems = [p for p in report.problems if "run invoke deploy" not in p]
             report.notes.clear()
-            probe = probe_node(conn, settings, bundle)
-            after = judge(NodeReport(node), probe, settings, bundle)
+            probe = probe_node(conn, settings, bundle, role)
+            after = judge(NodeReport(node, role=role), probe, settings, bundle)
             report.scripts = "INSTALLED" if after == "current" else f"installed, {after.upper()}"
             if after != "current":
                 report.notes.append(
@@ -349,7 +274,11 @@ def run(
     connect_timeout: float = 10.0,
     threads: int = 8,
 ) -> tuple[list[NodeReport], remote.ScriptBundle]:
-    """Inspect (and with *change* deploy to) every node, in parallel; reports in node order."""
+    """Inspect (and with *change* deploy to) every node, in parallel; reports in node order.
+
+    With a submit host (placement slurm), the nodes are it and the nodes its sinfo lists
+    (slurm_hosts.py); what kept them from being listed goes to its report.
+    """
     bundle = remote.ScriptBundle.load(settings.scripts_dir)
 
     def connect(node: Node) -> fabric.Connection:
@@ -363,28 +292,44 @@ def run(
         )
         return remote.connect(target, log)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(settings.nodes)))) as ex:
-        reports = list(
-            ex.map(
-                lambda n: inspect_node(n, settings, bundle, connect, user, change, dry_run),
-                settings.nodes,
-            )
-        )
+    def ask(node: Node) -> dict:
+        conn = connect(node)
+        try:
+            return probe_node(conn, settings, bundle, SUBMIT)
+        finally:
+            conn.close()
+
+    def inspect(host: tuple[Node, str]) -> NodeReport:
+        return inspect_node(host[0], settings, bundle, connect, user, change, dry_run, role=host[1])
+
+    hosts, unlisted = [(node, COMPUTE) for node in settings.nodes], []
+    if settings.submit_host is not None:
+        hosts, unlisted = slurm_hosts.find_hosts(settings.submit_host, settings.nodes, ask)
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(hosts)))) as ex:
+        reports = list(ex.map(inspect, hosts))
+    if unlisted:
+        reports[0].problems += unlisted  # the submit host's
     return reports, bundle
 
 
 def format_table(reports: Iterable[NodeReport]) -> str:
-    """The reports as an aligned table, then why each unfit node is unfit."""
+    """The reports as an aligned table, then why each unfit node is unfit.
+
+    ROLE and SLURM columns only when a host has another role than compute (placement slurm).
+    """
     reports = list(reports)
-    header = ("NODE", "SSH", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "FIT")
-    rows = [header] + [
+    roles = any(r.role != COMPUTE for r in reports)
+    columns = ("NODE", "ROLE", "SSH", "SLURM", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "FIT")
+    shown = [i for i, name in enumerate(columns) if roles or name not in ("ROLE", "SLURM")]
+    rows = [columns] + [
         (
             f"{r.node.label} ({r.node.address})" if r.node.label != r.node.address else r.node.label,
-            r.ssh, r.runtime, r.image, r.scripts, r.ca, "yes" if r.fit else "NO",
+            r.role, r.ssh, r.slurm, r.runtime, r.image, r.scripts, r.ca, "yes" if r.fit else "NO",
         )
         for r in reports
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    rows = [[row[i] for i in shown] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(shown))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     for r in reports:
         lines += [f"{r.node.label}: {p}" for p in r.problems]

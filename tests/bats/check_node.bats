@@ -82,3 +82,83 @@ check_node() {
   run -64 --separate-stderr check_node --exe singularity --image jupyter.sif --scripts-dir "${NODE_DIR}"
   [[ "${stderr}" == *"absolute --image"* ]]
 }
+
+# --- role submit: the Slurm client and the nodes sinfo lists --------------------------------
+
+# A directory with only what check_node.sh and the stand-ins run besides Slurm: a PATH
+# of it (and the stand-ins) finds no real Slurm command.
+tools_only() {
+  local dir="${BATS_TEST_TMPDIR}/tools" tool
+  mkdir -p "${dir}"
+  for tool in bash env mktemp timeout rm stat sha256sum; do
+    ln -sf "$(command -v "${tool}")" "${dir}/${tool}"
+  done
+  printf '%s\n' "${dir}"
+}
+
+# same_json ACTUAL EXPECTED: the two JSON texts hold the same value (else both are shown).
+same_json() {
+  python3 -c 'import json, sys; a, e = map(json.loads, sys.argv[1:]); sys.exit(a != e and f"{a}\n{e}")' \
+    "$1" "$2"
+}
+
+slurm_client_stand_ins() {
+  local command
+  for command in sbatch squeue scancel; do stand_in "${command}" <<<'exit 0'; done
+}
+
+@test "role submit: the Slurm client is there and sinfo's node lines are passed on as they are" {
+  slurm_client_stand_ins
+  stand_in sinfo <<<"printf 'rss-node1|10.213.47.2\nrss-node2|10.213.47.3\nrss-node2|10.213.47.3\n'"
+  run -0 --separate-stderr bash -s -- --role submit --scripts-dir "${NODE_DIR}" \
+    < <(cat "${SCRIPTS}/common.sh" "${SCRIPTS}/check_node.sh")
+  same_json "${output}" '{"slurm_missing": "", "sinfo": "ok", "sinfo_error": "",
+    "slurm_nodes": ["rss-node1|10.213.47.2", "rss-node2|10.213.47.3", "rss-node2|10.213.47.3"],
+    "scripts": "missing", "scripts_problem": "", "scripts_sums": ""}'
+  [ "$(stand_in_argv sinfo)" = "$(printf '%s\n' -h -N -o '%N|%o')" ]
+}
+
+@test "role submit: a failing sinfo is reported with its message, and the check goes on" {
+  slurm_client_stand_ins
+  stand_in sinfo <<<"printf 'slurm_load_node: Unable to contact slurm controller\n' >&2; exit 1"
+  run -0 --separate-stderr check_node --role submit --scripts-dir "${NODE_DIR}"
+  same_json "${output}" '{"slurm_missing": "", "sinfo": "failed",
+    "sinfo_error": "slurm_load_node: Unable to contact slurm controller",
+    "slurm_nodes": [], "scripts": "missing", "scripts_problem": "", "scripts_sums": ""}'
+}
+
+@test "role submit: the Slurm commands that are not on PATH are named" {
+  stand_in sbatch <<<'exit 0'
+  local tools
+  tools=$(tools_only)
+  run -0 --separate-stderr env PATH="${BATS_TEST_TMPDIR}/stand-ins:${tools}" \
+    "${BASH}" "${SCRIPTS}/check_node.sh" --role submit --scripts-dir "${NODE_DIR}"
+  [[ "${output}" == '{"slurm_missing": "squeue scancel sinfo", "sinfo": "missing", "sinfo_error": "", '* ]]
+  [[ "${output}" == *'"slurm_nodes": [], "scripts": "missing"'* ]]
+}
+
+@test "role submit,compute: the runtime, the image and the Slurm client in one reply" {
+  slurm_client_stand_ins
+  stand_in sinfo <<<"printf 'rss-node1|rss-node1.cluster\n'"
+  run -0 --separate-stderr check_node --role submit,compute --exe singularity --image "${IMAGE}" \
+    --scripts-dir "${NODE_DIR}"
+  [[ "${output}" == *"\"runtime\": \"${TEST_BIN}/singularity\""* ]]
+  [[ "${output}" == *'"image": "ok"'* ]]
+  [[ "${output}" == *'"sinfo": "ok", "sinfo_error": "", "slurm_nodes": ["rss-node1|rss-node1.cluster"]'* ]]
+  python3 -c 'import json, sys; json.loads(sys.argv[1])' "${output}"
+}
+
+@test "a submit host needs no runtime or image; a compute node does; other roles are refused" {
+  slurm_client_stand_ins
+  stand_in sinfo <<<'exit 0'
+  run -0 --separate-stderr check_node --role submit --scripts-dir "${NODE_DIR}"
+  [[ "${output}" == *'"slurm_nodes": []'* ]]
+  [[ "${output}" != *'"runtime"'* && "${output}" != *'"image"'* ]]
+  run -64 --separate-stderr check_node --role submit,compute --scripts-dir "${NODE_DIR}"
+  [[ "${stderr}" == *"absolute --image"* ]]
+  run -64 --separate-stderr check_node --role submit --scripts-dir relative/v1
+  [[ "${stderr}" == *"an absolute --scripts-dir is required"* ]]
+  run -64 --separate-stderr check_node --role login --scripts-dir "${NODE_DIR}"
+  [[ "${stderr}" == *"--role must be compute, submit or submit,compute"* ]]
+  [ "${output}" = "" ]
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,49 @@ def test_a_bad_config_is_refused_before_any_connection(tmp_path):
     assert out.returncode == 1
     assert "error: no image: give --image or set singularity_container_path in the config" in out.stderr
     assert program.name == "remote-singularity-spawner"
+
+
+def admin_command(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from remotesingularityspawner.admin.command import main; main()", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_slurm_config_without_a_submit_host_is_refused_before_any_connection(tmp_path):
+    cfg = tmp_path / "jupyterhub_config.py"
+    cfg.write_text(
+        "c.RemoteSingularitySpawner.placement = 'slurm'\n"
+        "c.RemoteSingularitySpawner.singularity_container_path = '/x.sif'\n"
+    )
+    out = admin_command("deploy", "--config", str(cfg))
+    assert out.returncode == 1
+    assert "error: placement slurm and no submit host: set slurm_submit_host (name:ip)" in out.stderr
+
+
+def test_with_placement_slurm_a_submit_host_that_cannot_be_asked_is_unfit_and_no_node_is_checked_silently(
+    tmp_path,
+):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "jupyterhub_config.py"
+    cfg.write_text(
+        "c.RemoteSingularitySpawner.placement = 'slurm'\n"
+        "c.RemoteSingularitySpawner.slurm_submit_host = 'login1:127.0.0.1'\n"
+        "c.RemoteSingularitySpawner.nodelist = 'n1:127.0.0.2'\n"
+        "c.RemoteSingularitySpawner.singularity_container_path = '/x.sif'\n"
+        f"c.RemoteSingularitySpawner.ssh_port = {port}\n"
+    )
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    out = admin_command("check", "--config", str(cfg), "--key", str(key), "--timeout", "3")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "placement slurm: submit host login1 (127.0.0.1) and the nodes its sinfo lists" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("NODE", "login1 (", "n1 "))]
+    assert rows == [
+        ["NODE", "ROLE", "SSH", "SLURM", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "FIT"],
+        ["login1", "(127.0.0.1)", "submit", "DOWN", "-", "-", "-", "-", "-", "NO"],
+    ], out.stdout
+    assert f"login1: cannot list the compute nodes: cannot connect to root@127.0.0.1:{port}" in out.stdout
+    assert "not fit for servers: login1" in out.stderr + out.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from remotesingularityspawner import remote
 from remotesingularityspawner.admin import command as admin
-from remotesingularityspawner.admin import deploy
+from remotesingularityspawner.admin import deploy, slurm_hosts
 from remotesingularityspawner.placement.nodes import Node
 
 BUNDLE = remote.ScriptBundle(files={"common.sh": b"a", "stop.sh": b"b"}, version="v1")
@@ -222,7 +223,7 @@ def test_the_table_has_one_row_per_node_and_the_reasons_below():
 def test_deploy_replaces_an_unsafe_copy_but_not_for_an_unsafe_parent(monkeypatch, problem, reinstalled):
     probes = [probe(scripts="unsafe", scripts_problem=problem), probe()]
     installs = []
-    monkeypatch.setattr(deploy, "probe_node", lambda conn, s, b: probes.pop(0))
+    monkeypatch.setattr(deploy, "probe_node", lambda conn, s, b, role: probes.pop(0))
     monkeypatch.setattr(deploy, "install", lambda conn, s, b, state: installs.append(state))
     conn = SimpleNamespace(close=lambda: None)
     report = deploy.inspect_node(
@@ -400,7 +401,7 @@ def test_the_ca_column_and_fitness_follow_the_answer(answer, action, shown, fit)
 )
 def test_each_node_is_asked_about_the_ca_only_when_one_is_given(monkeypatch, change, dry_run, action):
     asked = []
-    monkeypatch.setattr(deploy, "probe_node", lambda conn, s, b: probe())
+    monkeypatch.setattr(deploy, "probe_node", lambda conn, s, b, role: probe())
     monkeypatch.setattr(deploy, "trust_ca", lambda conn, s, b, act: asked.append(act) or {"ca": "yes"})
     conn = SimpleNamespace(close=lambda: None)
     for given in (("", ""), (CA, "ca.pub")):
@@ -409,3 +410,231 @@ def test_each_node_is_asked_about_the_ca_only_when_one_is_given(monkeypatch, cha
         )
         assert report.ca == ("yes" if given[0] else "-") and report.fit
     assert asked == [action]
+
+
+# --- placement slurm: the submit host and the nodes its sinfo lists ----------------------
+
+SLURM_CONFIG = {"placement": "slurm", "singularity_container_path": "/images/j.sif"}
+
+
+def sinfo_reply(*lines, **overrides):
+    """check_node.sh --role submit's answer: the Slurm client there, sinfo listing *lines*."""
+    return {"slurm_missing": "", "sinfo": "ok", "sinfo_error": "", "slurm_nodes": list(lines),
+            **probe(**overrides)}  # fmt: skip
+
+
+def no_resolving(name):
+    raise AssertionError(f"{name!r} was looked up")
+
+
+@pytest.mark.parametrize(
+    "config, submit, nodes",
+    [
+        ({"slurm_submit_host": "login1:10.0.0.5"}, Node("login1", "10.0.0.5"), []),
+        ({"nodelist": "n1:10.0.0.1,n2:10.0.0.2"}, Node("n1", "10.0.0.1"), ["n1", "n2"]),
+        (
+            {"slurm_submit_host": "login1:10.0.0.5", "nodelist": "n1:10.0.0.1"},
+            Node("login1", "10.0.0.5"),
+            ["n1"],
+        ),
+    ],
+)
+def test_placement_slurm_names_the_submit_host_and_nodelist_becomes_optional(config, submit, nodes):
+    s, warnings = deploy.make_settings({**SLURM_CONFIG, **config})
+    assert s.submit_host == submit and warnings == []
+    assert [n.label for n in s.nodes] == nodes, "nodelist: where Slurm's nodes are reached, if it names them"
+
+
+def test_hosts_on_the_command_line_mean_no_submit_host_and_placement_ssh_none_either():
+    config = {**SLURM_CONFIG, "nodelist": "n1:10.0.0.1"}
+    assert deploy.make_settings(config, hosts=":10.0.0.9")[0].submit_host is None
+    assert deploy.make_settings({**config, "placement": "ssh"})[0].submit_host is None
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({}, "placement slurm and no submit host: set slurm_submit_host"),
+        ({"nodelist": "bad_name:"}, "placement slurm and no submit host"),
+        ({"slurm_submit_host": "login1"}, "slurm_submit_host 'login1' is not a valid name:ip record: "),
+        ({"slurm_submit_host": "login1:10.0.0.300"}, "'10.0.0.300' is not a valid IP address"),
+        ({"placement": "queue"}, "placement 'queue' must be 'ssh' or 'slurm'"),
+    ],
+)
+def test_a_slurm_config_without_a_usable_submit_host_is_refused_naming_the_setting(config, message):
+    with pytest.raises(deploy.DeployError, match=re.escape(message)):
+        deploy.make_settings({**SLURM_CONFIG, **config})
+
+
+def test_sinfos_nodes_are_reached_as_the_spawner_reaches_an_allocated_node():
+    listed = [Node("n1", "10.0.0.1")]
+    reply = sinfo_reply(
+        "n1|n1.cluster",  # in nodelist: its address there, NodeAddr not even looked up
+        "n1|n1.cluster",  # sinfo -N: once per partition
+        "n2|10.0.0.2",  # an IP address
+        "n3|n3.cluster",  # a name, resolved
+        "n4|no-such-host",  # does not resolve
+        "bad_name|10.0.0.7",  # not a host name
+        "n5|10.0.0.5;reboot",  # neither
+    )
+    resolved = {"n3.cluster": "10.0.0.3"}
+
+    def resolve(name):
+        if name not in resolved:
+            raise OSError("Name or service not known")
+        return resolved[name]
+
+    nodes, problems = slurm_hosts.compute_nodes(reply, listed, resolve)
+    assert nodes == [Node("n1", "10.0.0.1"), Node("n2", "10.0.0.2"), Node("n3", "10.0.0.3")]
+    assert problems == [
+        "sinfo lists node 'n4' at 'no-such-host': not in nodelist, and its NodeAddr does not resolve "
+        "(Name or service not known): not checked",
+        "sinfo lists node 'bad_name' at '10.0.0.7': not a valid host name: not checked",
+        "sinfo lists node 'n5' at '10.0.0.5;reboot': not in nodelist, and its NodeAddr is neither an IP "
+        "address nor a host name: not checked",
+    ]
+
+
+@pytest.mark.parametrize(
+    "reply, problem",
+    [
+        (sinfo_reply(), "sinfo lists no node: no compute node was checked"),
+        (
+            sinfo_reply(sinfo="failed", sinfo_error="Unable to contact slurm controller"),
+            "sinfo cannot list the compute nodes (it failed: Unable to contact slurm controller): "
+            "no compute node was checked",
+        ),
+        (
+            sinfo_reply(sinfo="missing", slurm_missing="sinfo"),
+            "sinfo cannot list the compute nodes (it is not on the PATH): no compute node was checked",
+        ),
+        (sinfo_reply(slurm_nodes="n1|10.0.0.1"), "sinfo lists no node: no compute node was checked"),
+    ],
+)
+def test_a_sinfo_that_lists_nothing_is_one_problem_and_leaves_the_submit_host_alone(reply, problem):
+    submit = Node("login1", "10.0.0.5")
+    hosts, problems = slurm_hosts.find_hosts(submit, [], lambda node: reply, no_resolving)
+    assert hosts == [(submit, "submit")] and problems == [problem]
+
+
+def test_the_submit_host_comes_first_and_a_host_that_is_both_is_checked_once_in_both_roles():
+    submit = Node("n1", "10.0.0.1")
+    asked = []
+    reply = sinfo_reply("n2|10.0.0.2", "node1|10.0.0.1", "n1|10.0.0.1", "n3|10.0.0.2")
+    hosts, problems = slurm_hosts.find_hosts(submit, [], lambda n: asked.append(n) or reply, no_resolving)
+    assert asked == [submit] and problems == []
+    assert hosts == [(submit, "submit, compute"), (Node("n2", "10.0.0.2"), "compute")]
+
+
+def test_a_submit_host_that_cannot_be_asked_is_checked_alone_and_says_why():
+    def ask(node):
+        raise remote.ConnectError("cannot connect to root@10.0.0.5:22: timed out")
+
+    hosts, problems = slurm_hosts.find_hosts(Node("login1", "10.0.0.5"), [], ask, no_resolving)
+    assert hosts == [(Node("login1", "10.0.0.5"), "submit")]
+    assert problems == ["cannot list the compute nodes: cannot connect to root@10.0.0.5:22: timed out"]
+
+
+COMPUTE_WORDS = ["--exe", "singularity", "--image", "/images/j.sif", "--scripts-dir", "/o/s/v1"]
+
+
+@pytest.mark.parametrize(
+    "role, words",
+    [
+        ("compute", COMPUTE_WORDS),
+        ("submit", ["--role", "submit", "--scripts-dir", "/o/s/v1"]),
+        ("submit, compute", ["--role", "submit,compute", *COMPUTE_WORDS]),
+    ],
+)
+def test_check_node_sh_is_asked_for_the_hosts_role(monkeypatch, role, words):
+    sent = []
+
+    def run_command(conn, command, stdin="", **kwargs):
+        sent.append(shlex.split(command))
+        return remote.Reply(0, {"scripts": "missing"})
+
+    monkeypatch.setattr(remote, "run_command", run_command)
+    deploy.probe_node(None, settings(node_scripts_dir="/o/s"), BUNDLE_SH, role)
+    assert sent[0][4:6] == ["-s", "--"] and sent[0][6:] == words
+
+
+BUNDLE_SH = remote.ScriptBundle(files={"common.sh": b"", "check_node.sh": b""}, version="v1")
+
+
+@pytest.mark.parametrize(
+    "role, reply, shown, problems",
+    [
+        ("submit", sinfo_reply(runtime="", image="missing"), ("ok", "-", "-"), []),
+        (
+            "submit",
+            sinfo_reply(slurm_missing="scancel sinfo"),
+            ("MISSING", "-", "-"),
+            ["the Slurm client is incomplete: scancel, sinfo not on the login PATH (users run them here)"],
+        ),
+        (
+            "submit, compute",
+            sinfo_reply(image="missing"),
+            ("ok", "apptainer 1.3.4", "MISSING"),
+            ["image /images/j.sif: missing"],
+        ),
+        ("compute", probe(), ("-", "apptainer 1.3.4", "ok"), []),
+    ],
+)
+def test_a_submit_host_is_judged_by_its_slurm_client_not_by_runtime_or_image(role, reply, shown, problems):
+    report = deploy.NodeReport(Node("n1", "10.0.0.1"), role=role)
+    assert deploy.judge(report, reply, settings(), BUNDLE) == "current"
+    assert (report.slurm, report.runtime, report.image) == shown
+    assert report.problems == problems and report.fit == (not problems)
+
+
+def fake_cluster(monkeypatch, replies):
+    """remote.connect and the node scripts answered from *replies*: {(address, role): probe}."""
+    asked, ca = [], []
+    opened = lambda target, log=None: SimpleNamespace(host=target.host, close=lambda: None)  # noqa: E731
+    monkeypatch.setattr(remote, "connect", opened)
+    monkeypatch.setattr(remote.ScriptBundle, "load", staticmethod(lambda directory: BUNDLE))
+
+    def probe_node(conn, s, b, role):
+        asked.append((conn.host, role))
+        return replies[(conn.host, role)]
+
+    monkeypatch.setattr(deploy, "probe_node", probe_node)
+    monkeypatch.setattr(deploy, "trust_ca", lambda conn, s, b, action: ca.append((conn.host, action)) or
+                        {"ca": "trusted", "why": ""})  # fmt: skip
+    return asked, ca
+
+
+def test_deploy_with_placement_slurm_checks_the_submit_host_and_every_node_sinfo_lists(monkeypatch):
+    listing = sinfo_reply("n1|10.0.0.1", "n2|10.0.0.2", "n1|10.0.0.1")
+    replies = {
+        ("10.0.0.1", "submit"): listing,
+        ("10.0.0.1", "submit, compute"): listing,
+        ("10.0.0.2", "compute"): probe(image="missing"),
+    }
+    asked, ca = fake_cluster(monkeypatch, replies)
+    s = deploy.make_settings({**SLURM_CONFIG, "nodelist": "n1:10.0.0.1"}, ca=(CA, "ca.pub"))[0]
+    reports, _ = deploy.run(s, "root", [], change=True)
+    assert [(r.node.label, r.role) for r in reports] == [("n1", "submit, compute"), ("n2", "compute")]
+    assert asked[0] == ("10.0.0.1", "submit"), "sinfo first, before any other host is contacted"
+    assert sorted(ca) == [("10.0.0.1", "install"), ("10.0.0.2", "install")], "every host trusts the CA"
+    assert [r.fit for r in reports] == [True, False]
+    lines = deploy.format_table(reports).splitlines()
+    assert lines[0].split() == ["NODE", "ROLE", "SSH", "SLURM", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "FIT"]
+    assert lines[1].split() == ["n1", "(10.0.0.1)", "submit,", "compute", "ok", "(root)", "ok", "apptainer",
+                                "1.3.4", "ok", "current", "TRUSTED", "yes"]  # fmt: skip
+    assert lines[2].split()[2:5] == ["compute", "ok", "(root)"] and lines[2].split()[5] == "-"
+    assert lines[3] == "n2: image /images/j.sif: missing"
+
+
+def test_a_submit_host_whose_sinfo_lists_nothing_is_unfit_and_says_so_in_one_line(monkeypatch):
+    empty = sinfo_reply(runtime="", image="missing")
+    asked, _ = fake_cluster(monkeypatch, {("10.0.0.5", "submit"): empty})
+    s = deploy.make_settings({**SLURM_CONFIG, "slurm_submit_host": "login1:10.0.0.5"})[0]
+    reports, _ = deploy.run(s, "root", [])
+    assert asked == [("10.0.0.5", "submit")] * 2, "no other host"
+    (report,) = reports
+    assert not report.fit and report.problems == ["sinfo lists no node: no compute node was checked"]
+    lines = deploy.format_table(reports).splitlines()
+    assert lines[1].split() == ["login1", "(10.0.0.5)", "submit", "ok", "(root)", "ok", "-", "-", "current",
+                                "-", "NO"]  # fmt: skip
+    assert lines[2:] == ["login1: sinfo lists no node: no compute node was checked"]
