@@ -6,9 +6,9 @@ it is checked for the login, the Slurm client, the scripts and the CA, not
 for the runtime or the image. The compute nodes are the ones its ``sinfo``
 lists (``check_node.sh --role submit`` runs ``sinfo -h -N -o '%N|%o'``
 there, over the admin's login), reached as the spawner reaches the node of
-a job (``_allocated_node`` in placement/slurm.py): at its nodelist address
-when nodelist names it, else at its NodeAddr if that is an IP address, else
-at its NodeAddr resolved. They are checked as any node. A host that is both
+a job (``nodes.slurm_node``, which both use): at its nodelist address when
+nodelist names it, else at its NodeAddr if that is an IP address, else at its
+NodeAddr resolved. They are checked as any node. A host that is both
 (by address) is checked for both.
 
 Every name and address here comes from a node's answer: each is validated
@@ -18,13 +18,12 @@ the question to the submit host is the caller's (deploy.run).
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import paramiko
 
 from .. import remote
-from ..placement.nodes import HOSTNAME_RE, Node, Resolver, resolve_address
+from ..placement.nodes import Node, Resolver, resolve_address, slurm_node
 
 SUBMIT, COMPUTE = "submit", "compute"
 BOTH = f"{SUBMIT}, {COMPUTE}"
@@ -59,26 +58,6 @@ def listing(probe: dict) -> tuple[list[tuple[str, str]], str]:
     return list(pairs.items()), ""
 
 
-def reached_at(
-    name: str, address: str, listed: Mapping[str, Node], resolve: Resolver
-) -> tuple[Node | None, str]:
-    """Slurm's node *name* (NodeAddr *address*) where the spawner reaches it, or (None, why not)."""
-    if name in listed:
-        return listed[name], ""
-    if not HOSTNAME_RE.fullmatch(name):
-        return None, "not a valid host name"
-    try:
-        return Node(name, str(ipaddress.ip_address(address))), ""
-    except ValueError:
-        pass
-    if not HOSTNAME_RE.fullmatch(address):
-        return None, "not in nodelist, and its NodeAddr is neither an IP address nor a host name"
-    try:
-        return Node(name, str(ipaddress.ip_address(resolve(address)))), ""
-    except (OSError, UnicodeError, ValueError) as e:
-        return None, f"not in nodelist, and its NodeAddr does not resolve ({e})"
-
-
 def compute_nodes(
     probe: dict, listed: Sequence[Node], resolve: Resolver = resolve_address
 ) -> tuple[list[Node], list[str]]:
@@ -88,11 +67,10 @@ def compute_nodes(
     by_name = {node.label: node for node in listed}
     nodes, problems = [], [why] if why else []
     for name, address in pairs:
-        node, problem = reached_at(name, address, by_name, resolve)
-        if node is None:
-            problems.append(f"sinfo lists node {name!r} at {address!r}: {problem}: not checked")
-        else:
-            nodes.append(node)
+        try:
+            nodes.append(slurm_node(name, address, by_name, resolve))
+        except ValueError as e:
+            problems.append(f"sinfo lists node {name!r} at {address!r}: {e}: not checked")
     return nodes, problems
 
 

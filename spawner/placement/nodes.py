@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
@@ -103,3 +103,30 @@ def _parse_record(record: str, resolve: Resolver) -> tuple[Node | None, str]:
     if ip is None:
         return None, f"the name {name!r} resolved to {resolved!r}, not an IP address"
     return Node(label=name, address=ip), ""
+
+
+def slurm_node(
+    name: str, node_addr: str, listed: Mapping[str, Node], resolve: Resolver = resolve_address
+) -> Node:
+    """Where Slurm's node *name* (NodeAddr *node_addr*) is reached, as the spawner and the admin
+    command both reach it: its nodelist address when *listed* (nodelist by name) names it, else
+    its NodeAddr, an IP address or a host name resolved (blocking: call it in a thread).
+
+    ValueError saying why it cannot be reached (nothing connects to it then).
+    """
+    if name in listed:
+        return listed[name]
+    if not HOSTNAME_RE.fullmatch(name):
+        raise ValueError("not a valid host name")
+    ip = _valid_ip(node_addr)
+    if ip is not None:
+        return Node(name, ip)
+    if not HOSTNAME_RE.fullmatch(node_addr):
+        raise ValueError("not in nodelist, and its NodeAddr is neither an IP address nor a host name")
+    try:
+        ip = _valid_ip(resolve(node_addr))
+    except (OSError, UnicodeError) as e:
+        raise ValueError(f"not in nodelist, and its NodeAddr does not resolve ({e})") from None
+    if ip is None:
+        raise ValueError("not in nodelist, and its NodeAddr does not resolve to an IP address")
+    return Node(name, ip)

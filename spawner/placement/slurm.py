@@ -22,7 +22,6 @@ asked, the queue is (:meth:`SlurmPlacement.gone`).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 
 from jupyterhub.utils import exponential_backoff
 
@@ -30,7 +29,7 @@ from .. import calls, remote
 from ..request import OptionsError
 from . import Placed, Placement
 from .node_status import SlurmView
-from .nodes import HOSTNAME_RE, Node, resolve_address
+from .nodes import Node, slurm_node
 from .slurm_form import render_slurm_form, slurm_options_from_form
 from .slurm_request import (
     HOLDING_STATES,
@@ -246,22 +245,12 @@ class SlurmPlacement(Placement):
     async def _allocated_node(self, name: str, address: str) -> Node:
         """The allocated node: its address from the node list, else from Slurm's NodeAddr."""
         listed = {n.label: n for n in await self.nodes()}
-        if name in listed:
-            return listed[name]
         try:
-            return Node(name, str(ipaddress.ip_address(address)))
-        except ValueError:
-            pass
-        if HOSTNAME_RE.match(address):
-            try:
-                return Node(name, await self.access.in_thread(resolve_address, address))
-            except OSError as e:
-                raise self.fail(f"Cannot reach the allocated node {name}: {address}: {e}", "ssh") from None
-        raise self.fail(
-            f"Slurm allocated node {name!r} with address {address!r}, which is neither in "
-            "c.RemoteSingularitySpawner.nodelist nor a valid address",
-            "slurm",
-        )
+            return await self.access.in_thread(slurm_node, name, address, listed)
+        except ValueError as e:
+            raise self.fail(
+                f"Cannot reach the node Slurm allocated, {name!r} (NodeAddr {address!r}): {e}", "slurm"
+            ) from None
 
     # --- a placed server's job ------------------------------------------------------------
 

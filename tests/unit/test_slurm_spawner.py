@@ -108,6 +108,21 @@ async def test_a_node_not_in_the_node_list_is_reached_at_slurms_node_address(slu
     assert s.placed.node == "gpu07"
 
 
+async def test_a_node_that_cannot_be_reached_fails_the_spawn_naming_it_and_the_job_is_cancelled(
+    slurm_spawner, fake_ssh, queue
+):
+    queue.node, queue.address = "gpu07", "bad address!"
+    s = slurm_spawner()
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert format_exception(e.value)[0] == (
+        "Cannot reach the node Slurm allocated, 'gpu07' (NodeAddr 'bad address!'): not in nodelist, "
+        "and its NodeAddr is neither an IP address nor a host name"
+    )
+    assert queue.actions()[-1] == "cancel"
+    assert "10.0.0.77" not in fake_ssh.nodes, "nothing connected to it"
+
+
 @pytest.mark.parametrize("options, field", BAD_VALUES)
 async def test_a_bad_value_is_refused_naming_the_field_and_no_job_is_submitted(
     slurm_spawner, fake_ssh, queue, options, field
