@@ -7,6 +7,7 @@
 #
 #   {"runtime": PATH or "", "runtime_version": first line of --version,
 #    "image": "ok" | "missing" | "unreadable", "image_for_all": true|false,
+#    "srun": PATH or "" (a server in a Slurm job starts with it),
 #                                                       (role compute)
 #    "slurm_missing": "sbatch squeue ..." (those not on PATH, or ""),
 #    "sinfo": "ok" | "failed" | "missing", "sinfo_error": its stderr,
@@ -103,8 +104,11 @@ runtime_and_image() {
   if [[ "${image_state}" == ok ]] && readable_by_all "${image}"; then
     for_all=true
   fi
-  printf '"runtime": %s, "runtime_version": %s, "image": %s, "image_for_all": %s, ' \
-    "$(json_str "${runtime}")" "$(json_str "${version}")" "$(json_str "${image_state}")" "${for_all}"
+  local srun
+  srun=$(command -v srun) || srun=""
+  printf '"runtime": %s, "runtime_version": %s, "image": %s, "image_for_all": %s, "srun": %s, ' \
+    "$(json_str "${runtime}")" "$(json_str "${version}")" "$(json_str "${image_state}")" "${for_all}" \
+    "$(json_str "${srun}")"
 }
 
 #######################################

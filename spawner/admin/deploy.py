@@ -141,6 +141,11 @@ def judge_runtime_and_image(report: NodeReport, probe: dict, settings: Settings)
     else:
         report.image = image.upper() or "UNKNOWN"
         report.problems.append(f"image {settings.image}: {image or 'no answer'}")
+    if settings.submit_host is not None and not probe.get("srun"):
+        report.problems.append(
+            "srun not on the login PATH: with placement slurm a server starts as a step of its job "
+            "with it (install the Slurm client here)"
+        )
 
 
 def probe_node(

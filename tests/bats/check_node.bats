@@ -30,6 +30,21 @@ check_node() {
   [[ "${output}" == *'"scripts": "missing"'* ]]
 }
 
+@test "a compute node says where srun is, or that it is not on PATH" {
+  stand_in srun <<<'exit 0'
+  run -0 --separate-stderr check_node --exe singularity --image "${IMAGE}" --scripts-dir "${NODE_DIR}"
+  [[ "${output}" == *"\"srun\": \"$(command -v srun)\""* ]]
+  # A PATH with every command of this machine but srun.
+  local bin="${BATS_TEST_TMPDIR}/no-srun" tool
+  mkdir -p "${bin}"
+  for tool in /usr/bin/* "${TEST_BIN}"/*; do
+    [[ "${tool##*/}" == srun ]] || ln -sf "${tool}" "${bin}/"
+  done
+  run -0 --separate-stderr env PATH="${bin}" bash "${SCRIPTS}/check_node.sh" --exe singularity \
+    --image "${IMAGE}" --scripts-dir "${NODE_DIR}"
+  [[ "${output}" == *'"srun": ""'* && "${output}" == *'"image": "ok"'* ]]
+}
+
 @test "a missing runtime and a missing image are reported, not fatal" {
   run -0 --separate-stderr check_node --exe no-such-runtime --image "${BATS_TEST_TMPDIR}/none.sif" \
     --scripts-dir "${NODE_DIR}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import shlex
@@ -35,6 +36,7 @@ def probe(**overrides):
         "runtime_version": "apptainer version 1.3.4",
         "image": "ok",
         "image_for_all": True,
+        "srun": "/usr/bin/srun",
         "scripts": "ok",
         "scripts_problem": "",
         "scripts_sums": sums(BUNDLE.files),
@@ -124,6 +126,23 @@ def test_runtime_name_version_and_minimum(path, line, shown, fit):
     text, problem = deploy.runtime_verdict(path, line, "singularity")
     assert text == shown
     assert (problem == "") == fit
+
+
+def test_without_srun_a_node_is_unfit_for_placement_slurm_only():
+    no_srun = probe(srun="")
+    report = deploy.NodeReport(Node("n1", "10.0.0.1"))
+    deploy.judge(report, no_srun, settings(), BUNDLE)
+    assert report.fit, "placement ssh does not use srun"
+    slurm = dataclasses.replace(settings(), submit_host=Node("n1", "10.0.0.1"))
+    report = deploy.NodeReport(Node("n2", "10.0.0.2"))
+    deploy.judge(report, no_srun, slurm, BUNDLE)
+    assert not report.fit and report.problems == [
+        "srun not on the login PATH: with placement slurm a server starts as a step of its job "
+        "with it (install the Slurm client here)"
+    ]
+    report = deploy.NodeReport(Node("n2", "10.0.0.2"))
+    deploy.judge(report, probe(srun="/usr/bin/srun"), slurm, BUNDLE)
+    assert report.fit
 
 
 def test_a_fit_node():
