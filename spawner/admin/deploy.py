@@ -1,4 +1,4 @@
-"""Check the compute nodes and install the scripts node-wide (the admin command, admin.py).
+"""Check the compute nodes and install the scripts node-wide (for the admin command, command.py).
 
 For each node, over SSH with its host key verified (unknown or changed keys
 are refused, as in the spawner): can we log in, is the runtime there and
@@ -35,7 +35,7 @@ import paramiko
 from .. import remote
 from ..placement.nodes import Node
 from . import slurm_hosts
-from .settings import DeployError as DeployError  # the settings, where admin.py and the tests found them
+from .settings import DeployError as DeployError  # the settings, where command.py and the tests found them
 from .settings import Settings
 from .settings import make_settings as make_settings
 from .settings import parse_hosts as parse_hosts
