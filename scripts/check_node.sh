@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 #
 # Inspect a node for `invoke check` and `invoke deploy`: on a compute node
-# the container runtime and its version and the image; on a Slurm submit
-# host the Slurm client and the nodes sinfo lists; on both the node-wide
-# copy of the scripts. Changes nothing. Prints one JSON line:
+# the container runtime and its version and the images, with the JupyterHub
+# each carries; on a Slurm submit host the Slurm client and the nodes sinfo
+# lists; on both the node-wide copy of the scripts. Changes nothing. Prints
+# one JSON line:
 #
 #   {"runtime": PATH or "", "runtime_version": first line of --version,
 #    "image": "ok" | "missing" | "unreadable", "image_for_all": true|false,
+#                                        (the first --image's, as "images" says)
+#    "images": [{"path": PATH, "state": "ok" | "missing" | "unreadable",
+#                "for_all": true|false, "jupyterhub": VERSION | "none" | "",
+#                "match": "same" | "minor" | "major" | "unknown",
+#                "jupyterhub_problem": why "" (could not tell), or ""}, ...],
 #    "srun": PATH or "" (a server in a Slurm job starts with it),
 #                                                       (role compute)
 #    "slurm_missing": "sbatch squeue ..." (those not on PATH, or ""),
@@ -33,12 +39,17 @@ RSS_NAME=check_node.sh  # for die(): fed on stdin, $0 is "bash"
 
 # What users run on a submit host (placement slurm).
 readonly SLURM_CLIENT=(sbatch squeue scancel sinfo)
+# Seconds an image may take to say which jupyterhub it carries.
+readonly VERSION_TIMEOUT=120
 
 usage() {
-  printf 'Usage: check_node.sh [--role compute] --exe SINGULARITY --image IMAGE --scripts-dir DIR\n'
+  printf 'Usage: check_node.sh [--role compute] --exe SINGULARITY --image IMAGE... --scripts-dir DIR\n'
+  printf '                     [--hub-jupyterhub VERSION]\n'
   printf '       check_node.sh --role submit --scripts-dir DIR\n'
-  printf '       check_node.sh --role submit,compute --exe SINGULARITY --image IMAGE --scripts-dir DIR\n'
-  printf '  compute: the runtime and the image (absolute) for the servers\n'
+  printf '       check_node.sh --role submit,compute --exe SINGULARITY --image IMAGE... --scripts-dir DIR\n'
+  printf '  compute: the runtime and the images (absolute; --image is repeatable) for the\n'
+  printf '           servers, and the jupyterhub each image carries (its python3 is asked)\n'
+  printf '  VERSION: the Hub'"'"'s jupyterhub, which each image'"'"'s is compared with\n'
   printf '  submit: the Slurm client (%s on PATH) and the nodes sinfo lists\n' "${SLURM_CLIENT[*]}"
   printf '  DIR: the node-wide directory of one scripts version (absolute)\n'
 }
@@ -83,32 +94,70 @@ inspect_scripts() {
 }
 
 #######################################
-# Print the compute node's fields of the reply (each followed by ", "):
-# the runtime EXE and its version, and the IMAGE.
+# Set IMAGE_STATE (ok, missing or unreadable) and IMAGE_FOR_ALL (true if
+# every user can read it) of IMAGE.
 #######################################
-runtime_and_image() {
-  local exe="$1" image="$2" runtime="" version="" out
+image_state() {
+  local image="$1"
+  IMAGE_STATE=ok
+  IMAGE_FOR_ALL=false
+  if [[ ! -e "${image}" ]]; then
+    IMAGE_STATE=missing
+  elif [[ ! -r "${image}" || (-d "${image}" && ! -x "${image}") ]]; then
+    IMAGE_STATE=unreadable
+  fi
+  if [[ "${IMAGE_STATE}" == ok ]] && readable_by_all "${image}"; then
+    IMAGE_FOR_ALL=true
+  fi
+}
+
+#######################################
+# Print one entry of "images": IMAGE's state and the jupyterhub it carries,
+# asked with RUNTIME ("" if there is none), compared with the Hub's VERSION
+# ("" for no comparison).
+# Arguments: runtime, the Hub's version, image
+#######################################
+image_entry() {
+  local runtime="$1" hub="$2" image="$3" version="" problem="" answer
+  image_state "${image}"
+  if [[ "${IMAGE_STATE}" != ok ]]; then
+    problem="the image is ${IMAGE_STATE}"
+  elif [[ -z "${runtime}" ]]; then
+    problem="no container runtime"
+  elif answer=$(image_jupyterhub "${VERSION_TIMEOUT}" "${image}" "${runtime}" exec); then
+    version=${answer}
+  else
+    problem=${answer}
+  fi
+  printf '{"path": %s, "state": %s, "for_all": %s, "jupyterhub": %s, "match": %s, "jupyterhub_problem": %s}' \
+    "$(json_str "${image}")" "$(json_str "${IMAGE_STATE}")" "${IMAGE_FOR_ALL}" "$(json_str "${version}")" \
+    "$(json_str "$(jupyterhub_match "${hub}" "${version}")")" "$(json_str "${problem}")"
+}
+
+#######################################
+# Print the compute node's fields of the reply (each followed by ", "):
+# the runtime EXE and its version, and the IMAGEs with the jupyterhub each
+# carries (compared with the Hub's VERSION, if given).
+# Arguments: runtime, the Hub's version or "", images...
+#######################################
+runtime_and_images() {
+  local exe="$1" hub="$2" runtime="" version="" out image entries=""
+  shift 2
   if runtime=$(command -v -- "${exe}"); then
     out=$(timeout 30 "${exe}" --version 2>&1 </dev/null) || true
     version=${out%%$'\n'*}
   else
     runtime=""
   fi
-
-  local image_state=ok for_all=false
-  if [[ ! -e "${image}" ]]; then
-    image_state=missing
-  elif [[ ! -r "${image}" || (-d "${image}" && ! -x "${image}") ]]; then
-    image_state=unreadable
-  fi
-  if [[ "${image_state}" == ok ]] && readable_by_all "${image}"; then
-    for_all=true
-  fi
+  for image in "$@"; do
+    entries+="${entries:+, }$(image_entry "${runtime}" "${hub}" "${image}")"
+  done
+  image_state "$1"
   local srun
   srun=$(command -v srun) || srun=""
-  printf '"runtime": %s, "runtime_version": %s, "image": %s, "image_for_all": %s, "srun": %s, ' \
-    "$(json_str "${runtime}")" "$(json_str "${version}")" "$(json_str "${image_state}")" "${for_all}" \
-    "$(json_str "${srun}")"
+  printf '"runtime": %s, "runtime_version": %s, "image": %s, "image_for_all": %s, "images": [%s], "srun": %s, ' \
+    "$(json_str "${runtime}")" "$(json_str "${version}")" "$(json_str "${IMAGE_STATE}")" "${IMAGE_FOR_ALL}" \
+    "${entries}" "$(json_str "${srun}")"
 }
 
 #######################################
@@ -139,18 +188,23 @@ slurm_client() {
 }
 
 main() {
-  local role=compute exe="" image="" scripts_dir=""
-  parse_options role exe image scripts-dir -- "$@"
+  local role=compute exe="" scripts_dir="" hub_jupyterhub="" one
+  local -a image=()
+  parse_options role exe 'image[]' scripts-dir hub-jupyterhub -- "$@"
   [[ "${role}" =~ ^(compute|submit|submit,compute)$ ]] \
     || die "${RSS_EXIT_USAGE}" "--role must be compute, submit or submit,compute"
   if [[ "${role}" == *compute ]]; then
-    [[ -n "${exe}" && "${image}" == /* && "${scripts_dir}" == /* ]] \
+    [[ -n "${exe}" && "${image[0]:-}" == /* && "${scripts_dir}" == /* ]] \
       || die "${RSS_EXIT_USAGE}" "--exe, an absolute --image and an absolute --scripts-dir are required"
+    for one in "${image[@]}"; do
+      [[ "${one}" == /* ]] || die "${RSS_EXIT_USAGE}" "every --image must be absolute, got '${one}'"
+    done
   fi
   [[ "${scripts_dir}" == /* ]] || die "${RSS_EXIT_USAGE}" "an absolute --scripts-dir is required"
+  [[ -z "${hub_jupyterhub}" ]] || require_version --hub-jupyterhub "${hub_jupyterhub}"
 
   local reply="{"
-  if [[ "${role}" == *compute ]]; then reply+=$(runtime_and_image "${exe}" "${image}"); fi
+  if [[ "${role}" == *compute ]]; then reply+=$(runtime_and_images "${exe}" "${hub_jupyterhub}" "${image[@]}"); fi
   if [[ "${role}" == submit* ]]; then reply+=$(slurm_client); fi
   inspect_scripts "${scripts_dir}"
   printf '%s"scripts": %s, "scripts_problem": %s, "scripts_sums": %s}\n' "${reply}" \

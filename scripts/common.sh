@@ -19,11 +19,27 @@ readonly RSS_EXIT_STOP_FAILED=8
 readonly RSS_EXIT_NO_SCRIPTS=9
 readonly RSS_EXIT_CANNOT_WRITE=10
 readonly RSS_EXIT_SLURM=11
+readonly RSS_EXIT_IMAGE_MISMATCH=12
 readonly RSS_EXIT_USAGE=64
 
 # The ports a server may listen on (mirrors calls.PORT_BOUNDS; a unit test keeps them equal).
 readonly RSS_PORT_LOW=1024
 readonly RSS_PORT_HIGH=65535
+
+# What a Python package's version looks like here (6.1.1, 5.0.0b1, 6.2.0.dev0).
+readonly RSS_VERSION_RE='^[0-9]+(\.[0-9A-Za-z+_-]+)*$'
+
+# Run by an image's python3: prints "RSS_JUPYTERHUB=VERSION" of the jupyterhub
+# package, or exits 3 if there is none (python3 >= 3.8: importlib.metadata).
+readonly RSS_JUPYTERHUB_PY='import sys
+try:
+    from importlib.metadata import PackageNotFoundError, version
+except ImportError:
+    sys.exit("its python3 is older than 3.8")
+try:
+    print("RSS_JUPYTERHUB=" + version("jupyterhub"))
+except PackageNotFoundError:
+    sys.exit(3)'
 
 # Environment keys the Hub may not set for the server: they belong to the
 # node's login environment or would change how these scripts run.
@@ -137,14 +153,16 @@ bundle_version() {
 #######################################
 # Parse "--name VALUE" options into the caller's local variables of the same
 # name with "_" for "-" (--start-time sets start_time). Only the names given
-# before "--" are accepted; -h/--help prints the caller's usage and exits.
+# before "--" are accepted; a name written "name[]" may be repeated, and its
+# values go in order into the caller's array of that name (which the caller
+# declares empty). -h/--help prints the caller's usage and exits.
 # Arguments: names..., --, the script's arguments
 #######################################
 parse_options() {
-  local -A allowed=()
+  local -A allowed=() repeats=()
   local name
   while [[ "$1" != -- ]]; do
-    allowed[$1]=1
+    allowed[${1%'[]'}]=$1
     shift
   done
   shift
@@ -156,7 +174,12 @@ parse_options() {
     esac
     name=${1#--}
     [[ -n "${allowed[${name}]:-}" ]] || die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)"
-    printf -v "${name//-/_}" '%s' "${2?"$1 needs a value"}"
+    if [[ "${allowed[${name}]}" == *'[]' ]]; then
+      printf -v "${name//-/_}[${repeats[${name}]:-0}]" '%s' "${2?"$1 needs a value"}"
+      repeats[${name}]=$((${repeats[${name}]:-0} + 1))
+    else
+      printf -v "${name//-/_}" '%s' "${2?"$1 needs a value"}"
+    fi
     shift 2
   done
 }
@@ -167,6 +190,137 @@ parse_options() {
 #######################################
 require_uint() {
   [[ "$2" =~ ^[0-9]+$ ]] || die "${RSS_EXIT_USAGE}" "$1 needs a non-negative integer, got '$2'"
+}
+
+#######################################
+# Check that a value looks like a Python package's version (6.1.1, 5.0.0b1,
+# 6.2.0.dev0: digits first, then dot-separated words), or die with usage.
+# Arguments: option name, value
+#######################################
+require_version() {
+  [[ "$2" =~ ${RSS_VERSION_RE} ]] || die "${RSS_EXIT_USAGE}" "$1 needs a version such as 6.1.1, got '$2'"
+}
+
+#######################################
+# Print the version of the jupyterhub package an image carries, asking its
+# python3 (importlib.metadata) through `exec`, with no stdin, within SECONDS
+# (coreutils timeout). The container's output, stderr too, is captured, never
+# passed on. Prints "none" if python3 ran and has no jupyterhub package.
+# Arguments: seconds, image, the words that run `exec` up to the image
+#   (the launcher's, if any, the runtime, "exec", exec options...)
+# Outputs: the version or "none"; if it could not tell (the runtime failed,
+#   no python3, no answer in time), a short reason instead
+# Returns: 0 if it could tell, 1 if not
+#######################################
+image_jupyterhub() {
+  local seconds="$1" image="$2" out status=0 line version="" last=""
+  shift 2
+  out=$(timeout -k 5 "${seconds}" "$@" "${image}" python3 -B -c "${RSS_JUPYTERHUB_PY}" </dev/null 2>&1) \
+    || status=$?
+  while IFS= read -r line; do
+    if [[ "${line}" == RSS_JUPYTERHUB=* ]]; then version=${line#RSS_JUPYTERHUB=}; fi
+    if [[ "${line}" == *[![:space:]]* ]]; then last=${line}; fi
+  done <<<"${out}"
+  if ((status == 0)) && [[ "${version}" =~ ${RSS_VERSION_RE} ]]; then
+    printf '%s' "${version}"
+    return 0
+  fi
+  case "${status}" in
+    0) last="its python3 answered no version" ;;
+    3) printf 'none'; return 0 ;;
+    124 | 137) last="no answer within ${seconds}s" ;;
+    *)
+      [[ "${last}" =~ ^(FATAL|ERROR):[[:space:]]*(.*)$ ]] && last=${BASH_REMATCH[2]}
+      [[ -n "${last}" ]] || last="exit status ${status}"
+      ;;
+  esac
+  printf '%s' "${last:0:300}"
+  return 1
+}
+
+#######################################
+# Compare the Hub's jupyterhub version with an image's (the one place of this
+# rule): the major version is the first component, the minor the digits at
+# the start of the second (6.2.0.dev0: 6 and 2; 5.0.0b1: 5 and 0).
+# Arguments: the Hub's version, the image's
+# Outputs: "same" (same major and minor), "minor" (same major, another
+#   minor), "major" (another major), or "unknown" if one is no version
+#   ("none", "")
+#######################################
+jupyterhub_match() {
+  local hub="$1" image="$2"
+  if [[ ! "${hub}" =~ ${RSS_VERSION_RE} || ! "${image}" =~ ${RSS_VERSION_RE} ]]; then
+    printf 'unknown'
+  elif [[ "${hub%%.*}" != "${image%%.*}" ]]; then
+    printf 'major'
+  elif [[ "$(minor_digits "${hub}")" != "$(minor_digits "${image}")" ]]; then
+    printf 'minor'
+  else
+    printf 'same'
+  fi
+}
+
+# The digits at the start of a version's second component ("" if none).
+minor_digits() {
+  local rest=""
+  [[ "$1" != *.* ]] || rest=${1#*.}
+  rest=${rest%%[!0-9]*}
+  printf '%s' "${rest}"
+}
+
+#######################################
+# Look IMAGE up in the version cache FILE: lines "SIZE MTIME VERSION PATH"
+# (the path last, spaces and all), each valid while the image's size and
+# modification time (stat -L: a symlink's target; a sandbox's directory)
+# are those. The only process it starts is one `stat`. Sets
+# VERSION_CACHE_KEY ("SIZE MTIME", or "" if the image cannot be stat'ed)
+# for version_cache_put, and VERSION_CACHE_HIT (the version or "none").
+# Arguments: cache file, image
+# Returns: 0 on a hit, 1 on a miss
+#######################################
+version_cache_get() {
+  local file="$1" image="$2" line
+  VERSION_CACHE_HIT=""
+  VERSION_CACHE_KEY=$(stat -L -c '%s %Y' -- "${image}" 2>/dev/null) || VERSION_CACHE_KEY=""
+  [[ -n "${VERSION_CACHE_KEY}" && -r "${file}" ]] || return 1
+  while IFS= read -r line; do
+    if [[ "${line}" == "${VERSION_CACHE_KEY} "* && "${line#* * * }" == "${image}" ]]; then
+      line=${line#"${VERSION_CACHE_KEY} "}
+      line=${line%% *}
+      [[ "${line}" == none || "${line}" =~ ${RSS_VERSION_RE} ]] || return 1
+      VERSION_CACHE_HIT=${line}
+      return 0
+    fi
+  done <"${file}"
+  return 1
+}
+
+#######################################
+# Record in the version cache FILE what IMAGE carries (a version or "none";
+# never "could not tell"), keyed on VERSION_CACHE_KEY from the
+# version_cache_get just before. The file is replaced whole (a private
+# temporary file beside it, then mv), without the image's stale line.
+# Arguments: cache file, image, version
+# Returns: 1 if the file could not be written
+#######################################
+version_cache_put() {
+  local file="$1" image="$2" version="$3" tmp line
+  [[ -n "${VERSION_CACHE_KEY}" && "${image}" != *$'\n'* ]] || return 0
+  tmp=$(mktemp -- "${file}.XXXXXX" 2>/dev/null) || return 1
+  if {
+    if [[ -r "${file}" ]]; then
+      while IFS= read -r line; do
+        if [[ "${line}" =~ ^[0-9]+\ [0-9]+\ [^\ ]+\ (.+)$ && "${BASH_REMATCH[1]}" != "${image}" ]]; then
+          printf '%s\n' "${line}"
+        fi
+      done <"${file}"
+    fi
+    printf '%s %s %s\n' "${VERSION_CACHE_KEY}" "${version}" "${image}"
+  } >"${tmp}" 2>/dev/null && mv -f -- "${tmp}" "${file}" 2>/dev/null; then
+    return 0
+  fi
+  rm -f -- "${tmp}"
+  return 1
 }
 
 #######################################

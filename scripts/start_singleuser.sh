@@ -6,10 +6,16 @@
 # Run by remote-singularity-spawner over SSH. The server's environment
 # (the Hub API token among it) arrives on stdin as NUL-separated KEY=VALUE
 # records, never in argv. On success prints one JSON line:
-#   {"pid": N, "start_time": N, "port": N, "log": "PATH"}
-# and exits 0. While it works, prints "@progress PERCENT MESSAGE" lines on
-# stderr for the spawn page. On failure prints a diagnostic (with the tail of the
-# server's log) on stderr and exits with a code from common.sh.
+#   {"pid": N, "start_time": N, "port": N, "log": "PATH",
+#    "image_jupyterhub": VERSION | "none" | "" (not told, or no check),
+#    "jupyterhub_match": "same" | "minor" | "unknown" | "off" (no check)}
+# and exits 0. If the image's JupyterHub is of another major version than the
+# Hub's (--hub-jupyterhub), prints instead
+#   {"image_jupyterhub": VERSION, "hub_jupyterhub": VERSION}
+# starts nothing and exits with RSS_EXIT_IMAGE_MISMATCH. While it works,
+# prints "@progress PERCENT MESSAGE" lines on stderr for the spawn page. On
+# failure prints a diagnostic (with the tail of the server's log) on stderr
+# and exits with a code from common.sh.
 set -euo pipefail
 umask 077
 
@@ -24,7 +30,8 @@ usage() {
 Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
                            [--bind SRC[:DEST[:ro|rw]]]... [--singularity-arg ARG]...
                            --port-range LOW-HIGH [--timeout SECONDS]
-                           [--slurm-job JOBID] -- COMMAND [ARG...]  < environment
+                           [--slurm-job JOBID] [--hub-jupyterhub VERSION]
+                           [--version-cache FILE] -- COMMAND [ARG...]  < environment
 
   --exe              singularity or apptainer executable (name or path)
   --image            container image (SIF file or sandbox directory)
@@ -38,6 +45,14 @@ Usage: start_singleuser.sh --exe SINGULARITY --image IMAGE --server-dir DIR
   --slurm-job        start the server as a step of this Slurm job, which holds
                      this node (srun --jobid=JOBID --overlap); srun's PID is
                      the one recorded, and srun forwards signals to the step
+  --hub-jupyterhub   the Hub's jupyterhub version: first ask the image's python3
+                     which jupyterhub it carries (the same launcher and exec
+                     options, without the binds, within --timeout), and refuse
+                     another major version (nothing started, exit 12); another
+                     minor version, or none found, is a warning. Without it, no check
+  --version-cache    file that remembers each image's answer, keyed on its path,
+                     size and modification time (relative paths are under $HOME;
+                     its directory is created 0700). Without it, asked every time
 
 stdin: NUL-separated KEY=VALUE records exported for the server; must
 include JUPYTERHUB_SERVICE_URL, whose port is replaced by the chosen one.
@@ -167,6 +182,63 @@ slurm_launcher() {
   LAUNCH=("${srun}" "--jobid=$1" --overlap --nodes=1 --ntasks=1 --quiet --kill-on-bad-exit=1 --)
 }
 
+#######################################
+# Check the jupyterhub the image carries against the Hub's VERSION (none
+# given: no check), asking the image unless the cache FILE knows it. Another
+# minor version, or none found, is a warning; another major version prints
+# the reply's JSON line and dies. Sets IMAGE_JUPYTERHUB (the version, "none"
+# or "") and JUPYTERHUB_MATCH (same, minor, unknown, or off without a check).
+# Globals: LAUNCH (the words that run the server as a Slurm step, or none)
+# Arguments: the Hub's version or "", cache file or "", seconds, runtime,
+#   image, exec options...
+#######################################
+check_image_jupyterhub() {
+  local hub="$1" cache="$2" seconds="$3" exe="$4" image="$5" name=${5##*/} answer status=0
+  shift 5
+  IMAGE_JUPYTERHUB=""
+  JUPYTERHUB_MATCH=off
+  [[ -n "${hub}" ]] || return 0
+  if [[ -n "${cache}" ]] && version_cache_get "${cache}" "${image}"; then
+    answer=${VERSION_CACHE_HIT}
+  else
+    progress 30 "checking which JupyterHub the image ${name} carries"
+    answer=$(image_jupyterhub "${seconds}" "${image}" "${LAUNCH[@]}" "${exe}" exec "$@") || status=$?
+    if ((status == 0)) && [[ -n "${cache}" ]] && ! version_cache_put "${cache}" "${image}" "${answer}"; then
+      printf '%s: could not write the version cache %s\n' "${RSS_NAME:-${0##*/}}" "${cache}" >&2
+    fi
+  fi
+  ((status)) || IMAGE_JUPYTERHUB=${answer}
+  [[ "${answer}" != none ]] || answer="its python3 has no jupyterhub package"
+  JUPYTERHUB_MATCH=$(jupyterhub_match "${hub}" "${IMAGE_JUPYTERHUB}")
+  case "${JUPYTERHUB_MATCH}" in
+    major)
+      printf '{"image_jupyterhub": %s, "hub_jupyterhub": %s}\n' "$(json_str "${answer}")" "$(json_str "${hub}")"
+      die "${RSS_EXIT_IMAGE_MISMATCH}" "the image ${image} carries JupyterHub ${answer}, the Hub runs ${hub}:" \
+        "a server of another major version cannot work with this Hub (install jupyterhub==${hub} in the image)"
+      ;;
+    minor) progress 35 "warning: the image ${name} carries JupyterHub ${answer}, the Hub runs ${hub}" ;;
+    unknown) progress 35 "warning: could not tell which JupyterHub the image ${name} carries (${answer})" ;;
+  esac
+}
+
+#######################################
+# Make the version cache's directory (0700) and print the cache file's
+# absolute path; print nothing (no cache), with a note, if it cannot be made.
+# Arguments: cache file as given ("" for none)
+#######################################
+cache_file() {
+  local file="$1"
+  [[ -n "${file}" ]] || return 0
+  [[ "${file}" == /* ]] || file="${HOME}/${file}"
+  # Under umask 077 every directory made is 0700.
+  if ! mkdir -p -- "${file%/*}/" 2>/dev/null; then
+    printf '%s: cannot create the directory of the version cache %s: not using it\n' \
+      "${RSS_NAME:-${0##*/}}" "${file}" >&2
+    return 0
+  fi
+  printf '%s' "${file}"
+}
+
 log_tail() {
   printf -- '--- last lines of %s ---\n' "$1" >&2
   tail -n "${LOG_TAIL_LINES}" -- "$1" >&2 || true
@@ -174,6 +246,7 @@ log_tail() {
 
 main() {
   local exe="" image="" server_dir="" port_range="" timeout=60 slurm_job=""
+  local hub_jupyterhub="" version_cache=""
   local -a binds=() extra=()
   local evaluation=eval
   while (($#)); do
@@ -190,6 +263,8 @@ main() {
       --port-range) port_range="${2?}"; shift 2 ;;
       --timeout) timeout="${2?}"; shift 2 ;;
       --slurm-job) slurm_job="${2?}"; shift 2 ;;
+      --hub-jupyterhub) hub_jupyterhub="${2?}"; shift 2 ;;
+      --version-cache) version_cache="${2?}"; shift 2 ;;
       -h | --help) usage; exit 0 ;;
       --) shift; break ;;
       *) die "${RSS_EXIT_USAGE}" "unknown option '$1' (see --help)" ;;
@@ -206,6 +281,7 @@ main() {
     || die "${RSS_EXIT_USAGE}" "--port-range ${port_range} is outside ${RSS_PORT_LOW}-${RSS_PORT_HIGH}"
   require_uint --timeout "${timeout}"
   [[ -z "${slurm_job}" ]] || require_uint --slurm-job "${slurm_job}"
+  [[ -z "${hub_jupyterhub}" ]] || require_version --hub-jupyterhub "${hub_jupyterhub}"
   # Read stdin to its end before anything can fail: a command that exits with its
   # input unread can make sshd drop the connection the Hub shares with other commands.
   import_environment
@@ -219,6 +295,8 @@ main() {
   [[ "${service_url}" =~ ^(https?://[^/]+):[0-9]+(/.*)?$ ]] \
     || die "${RSS_EXIT_BAD_INPUT}" "JUPYTERHUB_SERVICE_URL missing or malformed on stdin"
   local url_head=${BASH_REMATCH[1]} url_tail=${BASH_REMATCH[2]}
+  [[ -z "${hub_jupyterhub}" ]] || version_cache=$(cache_file "${version_cache}")
+  check_image_jupyterhub "${hub_jupyterhub}" "${version_cache}" "${timeout}" "${cmd_exe}" "${image}" "${extra[@]}"
 
   try_write "create the server's directory ${server_dir}" mkdir -p -m 700 -- "${server_dir}"
   chmod 700 -- "${server_dir}"
@@ -264,8 +342,9 @@ main() {
     done
     if is_alive "${pid}" "${start}"; then
       printf '%s %s %s\n' "${pid}" "${start}" "${port}" >"${pidfile}"
-      printf '{"pid": %s, "start_time": %s, "port": %s, "log": %s}\n' \
-        "${pid}" "${start}" "${port}" "$(json_str "${log}")"
+      printf '{"pid": %s, "start_time": %s, "port": %s, "log": %s, "image_jupyterhub": %s, "jupyterhub_match": %s}\n' \
+        "${pid}" "${start}" "${port}" "$(json_str "${log}")" "$(json_str "${IMAGE_JUPYTERHUB}")" \
+        "$(json_str "${JUPYTERHUB_MATCH}")"
       return 0
     fi
     # The server died: end what it left behind (its process group, the

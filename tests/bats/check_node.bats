@@ -71,7 +71,9 @@ check_node() {
     --scripts-dir "${NODE_DIR}"
   local not_the_dir="${output}"
   [[ "${all_of_it}" == *'"image": "ok", "image_for_all": true'* ]]
+  [[ "${all_of_it}" == *'"state": "ok", "for_all": true'* ]]
   [[ "${not_the_file}" == *'"image_for_all": false'* ]]
+  [[ "${not_the_file}" == *'"state": "ok", "for_all": false'* ]]
   [[ "${not_the_dir}" == *'"image_for_all": false'* ]]
 }
 
@@ -88,14 +90,78 @@ check_node() {
 }
 
 @test "fed on stdin after common.sh, as deploy.py runs it" {
-  run -0 --separate-stderr bash -s -- --exe singularity --image "${IMAGE}" --scripts-dir "${NODE_DIR}" \
-    < <(cat "${SCRIPTS}/common.sh" "${SCRIPTS}/check_node.sh")
+  jupyterhub_image "${IMAGE}" 6.1.0
+  run -0 --separate-stderr bash -s -- --exe singularity --image "${IMAGE}" --hub-jupyterhub 6.1.1 \
+    --scripts-dir "${NODE_DIR}" < <(cat "${SCRIPTS}/common.sh" "${SCRIPTS}/check_node.sh")
   [[ "${output}" == *'"image": "ok"'* ]]
+  [[ "${output}" == *'"jupyterhub": "6.1.0", "match": "same"'* ]]
+  [[ "${output}" == *'"scripts": "missing"'* ]]
 }
 
 @test "relative paths are refused" {
   run -64 --separate-stderr check_node --exe singularity --image jupyter.sif --scripts-dir "${NODE_DIR}"
   [[ "${stderr}" == *"absolute --image"* ]]
+  run -64 --separate-stderr check_node --exe singularity --image "${IMAGE}" --image jupyter.sif \
+    --scripts-dir "${NODE_DIR}"
+  [[ "${stderr}" == *"every --image must be absolute, got 'jupyter.sif'"* ]]
+}
+
+# --- the images and the JupyterHub each carries --------------------------------------------
+
+# images_of REPLY: the reply's "images", as JSON, without the for_all of each (which
+# depends on the directories above the test's).
+images_of() {
+  python3 -c 'import json, sys
+images = json.loads(sys.argv[1])["images"]
+print(json.dumps([{k: v for k, v in i.items() if k != "for_all"} for i in images]))' "$1"
+}
+
+@test "several images: each with its state, the JupyterHub it carries and how it matches the Hub's" {
+  local dir="${BATS_TEST_TMPDIR}/images"
+  mkdir -p "${dir}"
+  jupyterhub_image "${dir}/same.sif" 6.1.0
+  jupyterhub_image "${dir}/next.sif" 6.2.0.dev0
+  jupyterhub_image "${dir}/old.sif" 5.0.0b1
+  jupyterhub_image "${dir}/none.sif" none
+  run -0 --separate-stderr check_node --exe singularity --hub-jupyterhub 6.1.1 --image "${dir}/same.sif" \
+    --image "${dir}/next.sif" --image "${dir}/old.sif" --image "${dir}/none.sif" --image "${dir}/missing.sif" \
+    --scripts-dir "${NODE_DIR}"
+  same_json "$(images_of "${output}")" "[
+    {\"path\": \"${dir}/same.sif\", \"state\": \"ok\", \"jupyterhub\": \"6.1.0\", \"match\": \"same\",
+     \"jupyterhub_problem\": \"\"},
+    {\"path\": \"${dir}/next.sif\", \"state\": \"ok\", \"jupyterhub\": \"6.2.0.dev0\", \"match\": \"minor\",
+     \"jupyterhub_problem\": \"\"},
+    {\"path\": \"${dir}/old.sif\", \"state\": \"ok\", \"jupyterhub\": \"5.0.0b1\", \"match\": \"major\",
+     \"jupyterhub_problem\": \"\"},
+    {\"path\": \"${dir}/none.sif\", \"state\": \"ok\", \"jupyterhub\": \"none\", \"match\": \"unknown\",
+     \"jupyterhub_problem\": \"\"},
+    {\"path\": \"${dir}/missing.sif\", \"state\": \"missing\", \"jupyterhub\": \"\", \"match\": \"unknown\",
+     \"jupyterhub_problem\": \"the image is missing\"}]"
+  # The first image's keys, as before.
+  [[ "${output}" == *'"image": "ok", "image_for_all": '* ]]
+  [ "$(python3_calls)" = 4 ]
+  [ "${stderr}" = "" ]
+}
+
+@test "without --hub-jupyterhub the versions are told and match is unknown; why one could not be told" {
+  jupyterhub_image "${IMAGE}" 6.1.0
+  jupyterhub_image "${BATS_TEST_TMPDIR}/broken.sif" broken
+  run -0 --separate-stderr check_node --exe singularity --image "${BATS_TEST_TMPDIR}/broken.sif" \
+    --image "${IMAGE}" --scripts-dir "${NODE_DIR}"
+  same_json "$(images_of "${output}")" "[
+    {\"path\": \"${BATS_TEST_TMPDIR}/broken.sif\", \"state\": \"ok\", \"jupyterhub\": \"\",
+     \"match\": \"unknown\", \"jupyterhub_problem\": \"Fatal Python error: init_import_site\"},
+    {\"path\": \"${IMAGE}\", \"state\": \"ok\", \"jupyterhub\": \"6.1.0\", \"match\": \"unknown\",
+     \"jupyterhub_problem\": \"\"}]"
+  [ "${stderr}" = "" ]
+  # Without a runtime, nothing is asked.
+  run -0 --separate-stderr check_node --exe no-such-runtime --image "${IMAGE}" --hub-jupyterhub 6.1.1 \
+    --scripts-dir "${NODE_DIR}"
+  [[ "${output}" == *'"jupyterhub": "", "match": "unknown", "jupyterhub_problem": "no container runtime"'* ]]
+  [ "$(python3_calls)" = 2 ]
+  run -64 --separate-stderr check_node --exe singularity --image "${IMAGE}" --hub-jupyterhub main \
+    --scripts-dir "${NODE_DIR}"
+  [[ "${stderr}" == *"--hub-jupyterhub needs a version"* ]]
 }
 
 # --- role submit: the Slurm client and the nodes sinfo lists --------------------------------

@@ -315,3 +315,53 @@ stand_in_calls() {
   while [[ -e "${BATS_TEST_TMPDIR}/stand-ins/$1.$((n + 1)).argv" ]]; do n=$((n + 1)); done
   printf '%s\n' "${n}"
 }
+
+# --- images that carry a JupyterHub ------------------------------------------------------
+
+#######################################
+# Make IMAGE (a stand-in SIF) an image whose python3, first on its PATH,
+# answers as one with jupyterhub VERSION installed: the host's python3
+# without its site-packages (-S), on a directory holding only
+# jupyterhub-VERSION.dist-info, runs the program it is given. ANSWER "none":
+# no jupyterhub package; "broken": a python3 that fails with a message;
+# "slow": one that never answers. Each call appends its argv (%q-quoted, one
+# line) to ${BATS_TEST_TMPDIR}/python3.calls.
+# Globals:
+#   BATS_TEST_TMPDIR, TEST_BIN
+# Arguments:
+#   IMAGE, ANSWER (a version, none, broken or slow)
+#######################################
+jupyterhub_image() {
+  local image="$1" answer="$2" dir="$1.python"
+  rm -rf -- "${dir}"
+  mkdir -p "${dir}/bin" "${dir}/site"
+  if [[ "${answer}" =~ ^[0-9] ]]; then
+    mkdir "${dir}/site/jupyterhub-${answer}.dist-info"
+    printf 'Metadata-Version: 2.1\nName: jupyterhub\nVersion: %s\n' "${answer}" \
+      >"${dir}/site/jupyterhub-${answer}.dist-info/METADATA"
+  fi
+  {
+    printf '#!/bin/bash\ncalls=%q site=%q\n' "${BATS_TEST_TMPDIR}/python3.calls" "${dir}/site"
+    # shellcheck disable=SC2016  # the fake's own code, expanded when it runs
+    printf '%s\n' 'printf "%q " "$0" "$@" >>"${calls}"' 'printf "\n" >>"${calls}"'
+    # shellcheck disable=SC2016  # the fake's own code, expanded when it runs
+    case "${answer}" in
+      broken) printf '%s\n' "printf 'Fatal Python error: init_import_site\n' >&2" 'exit 1' ;;
+      slow) printf 'exec sleep 60\n' ;;
+      *) printf 'PYTHONPATH="${site}" exec /usr/bin/python3 -S "$@"\n' ;;
+    esac
+  } >"${dir}/bin/python3"
+  chmod +x "${dir}/bin/python3"
+  "${TEST_BIN}/make-fake-image" "${image}" \
+    "PATH=${dir}/bin:${TEST_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+}
+
+#######################################
+# Print how many times the python3 of a jupyterhub_image was run.
+# Globals:
+#   BATS_TEST_TMPDIR
+#######################################
+python3_calls() {
+  local file="${BATS_TEST_TMPDIR}/python3.calls"
+  if [[ -e "${file}" ]]; then grep -c '^/' "${file}"; else printf '0\n'; fi
+}

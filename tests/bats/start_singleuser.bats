@@ -267,4 +267,184 @@ hub_env_start_with_image() {
 @test "--help describes the options" {
   run -0 bash "${SCRIPTS}/start_singleuser.sh" --help
   [[ "${output}" == *"--server-dir"* && "${output}" == *"NUL-separated"* ]]
+  [[ "${output}" == *"--hub-jupyterhub"* && "${output}" == *"--version-cache"* ]]
+}
+
+# --- the image's JupyterHub, checked against the Hub's (--hub-jupyterhub) -----------------
+
+# common: run a function of common.sh with its arguments, in a shell of its own, under `reaped`.
+common() {
+  reaped bash -c 'source "$1"; shift; "$@"' _ "${SCRIPTS}/common.sh" "$@"
+}
+
+@test "jupyterhub_match: the same major and minor, another minor, another major" {
+  [ "$(common jupyterhub_match 6.1.1 6.1.0)" = same ]
+  [ "$(common jupyterhub_match 5.0.0b1 5.0.2)" = same ]
+  [ "$(common jupyterhub_match 6.1.1 6.1.0.dev0)" = same ]
+  [ "$(common jupyterhub_match 6.1.1 6.2.0.dev0)" = minor ]
+  [ "$(common jupyterhub_match 6.1.1 6.10.0)" = minor ]
+  [ "$(common jupyterhub_match 6.1.1 5.1.1)" = major ]
+  [ "$(common jupyterhub_match 6.1.1 16.1.1)" = major ]
+  [ "$(common jupyterhub_match 6.1.1 none)" = unknown ]
+  [ "$(common jupyterhub_match 6.1.1 '')" = unknown ]
+}
+
+@test "image_jupyterhub: the version, none, or a short reason why it could not tell" {
+  jupyterhub_image "${IMAGE}" 5.0.0b1
+  run -0 --separate-stderr common image_jupyterhub 20 "${IMAGE}" singularity exec
+  [ "${output}" = 5.0.0b1 ]
+  jupyterhub_image "${IMAGE}" none
+  run -0 --separate-stderr common image_jupyterhub 20 "${IMAGE}" singularity exec
+  [ "${output}" = none ]
+  # Could not tell: the container's words are the reason, and nothing reaches stderr.
+  jupyterhub_image "${IMAGE}" broken
+  run -1 --separate-stderr common image_jupyterhub 20 "${IMAGE}" singularity exec
+  [ "${output}" = "Fatal Python error: init_import_site" ]
+  [ "${stderr}" = "" ]
+  run -1 --separate-stderr common image_jupyterhub 20 /nonexistent/missing.sif singularity exec
+  [[ "${output}" == "could not open image /nonexistent/missing.sif: "*"no such file or directory" ]]
+  jupyterhub_image "${IMAGE}" slow
+  SECONDS=0
+  run -1 --separate-stderr common image_jupyterhub 1 "${IMAGE}" singularity exec
+  [ "${output}" = "no answer within 1s" ]
+  ((SECONDS < 5))
+  [ -z "$(left_alive)" ]
+  [ "$(python3_calls)" = 4 ]
+}
+
+@test "--hub-jupyterhub: the image carries the same major and minor, so it starts, match same" {
+  jupyterhub_image "${IMAGE}" 6.1.0
+  start_ok --hub-jupyterhub 6.1.1
+  [ "$(json_field "${output}" image_jupyterhub)" = 6.1.0 ]
+  [ "$(json_field "${output}" jupyterhub_match)" = same ]
+  [ "$(json_field "${output}" log)" = "${HOME}/${SERVER_DIR}/server.log" ]
+  local -a steps
+  mapfile -t steps < <(grep '^@progress ' <<<"${stderr}")
+  [ "${#steps[@]}" -eq 3 ]
+  [ "${steps[0]}" = "@progress 30 checking which JupyterHub the image jupyter.sif carries" ]
+  [ "${steps[1]}" = "@progress 40 starting the container jupyter.sif" ]
+  [ "$(python3_calls)" = 1 ]
+  # The API token is in no argv of the check either.
+  run ! grep -qF -- "${TOKEN}" "${BATS_TEST_TMPDIR}/python3.calls"
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
+}
+
+@test "the image carries another minor version: it starts, with a warning; match minor" {
+  jupyterhub_image "${IMAGE}" 6.2.0.dev0
+  start_ok --hub-jupyterhub 6.1.1
+  [[ "${stderr}" == *$'\n@progress 35 warning: the image jupyter.sif carries JupyterHub 6.2.0.dev0, the Hub runs 6.1.1\n'* ]]
+  [ "$(json_field "${output}" image_jupyterhub)" = 6.2.0.dev0 ]
+  [ "$(json_field "${output}" jupyterhub_match)" = minor ]
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
+}
+
+@test "the image carries another major version: exit 12, one JSON line with both, nothing started" {
+  jupyterhub_image "${IMAGE}" 5.2.1
+  run -12 --separate-stderr start_server --hub-jupyterhub 6.1.1
+  [ "${output}" = '{"image_jupyterhub": "5.2.1", "hub_jupyterhub": "6.1.1"}' ]
+  [[ "${stderr}" == *"the image ${IMAGE} carries JupyterHub 5.2.1, the Hub runs 6.1.1"* ]]
+  [[ "${stderr}" != *"@progress 40"* ]]
+  [ ! -e "${HOME}/${SERVER_DIR}/server.log" ]
+  [ -z "$(left_alive)" ]
+}
+
+@test "no jupyterhub in the image, or no telling: a warning with the reason, it starts; match unknown" {
+  jupyterhub_image "${IMAGE}" none
+  start_ok --hub-jupyterhub 6.1.1
+  [[ "${stderr}" == *"@progress 35 warning: could not tell which JupyterHub the image jupyter.sif carries (its python3 has no jupyterhub package)"* ]]
+  [ "$(json_field "${output}" image_jupyterhub)" = none ]
+  [ "$(json_field "${output}" jupyterhub_match)" = unknown ]
+  jupyterhub_image "${IMAGE}" broken
+  start_ok --hub-jupyterhub 6.1.1
+  [[ "${stderr}" == *"@progress 35 warning: could not tell which JupyterHub the image jupyter.sif carries (Fatal Python error: init_import_site)"* ]]
+  [ "$(json_field "${output}" image_jupyterhub)" = "" ]
+  [ "$(json_field "${output}" jupyterhub_match)" = unknown ]
+  run -0 curl -fsS "http://127.0.0.1:${PORT}/"
+}
+
+@test "without --hub-jupyterhub the image is not asked: match off" {
+  jupyterhub_image "${IMAGE}" 5.2.1
+  start_ok --version-cache .rss/jupyterhub-versions
+  [ "$(json_field "${output}" image_jupyterhub)" = "" ]
+  [ "$(json_field "${output}" jupyterhub_match)" = off ]
+  [ "$(python3_calls)" = 0 ]
+  [[ "${stderr}" != *JupyterHub* ]]
+  [ ! -e "${HOME}/.rss/jupyterhub-versions" ]
+}
+
+@test "--version-cache: the next start asks nothing; a touched, resized or rebuilt image is asked again" {
+  local cache=.rss/jupyterhub-versions
+  jupyterhub_image "${IMAGE}" 6.1.0
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 1 ]
+  [ "$(stat -c %a "${HOME}/${cache}")" = 600 ]
+  [ "$(stat -c %a "${HOME}/.rss")" = 700 ]
+  [ "$(cat "${HOME}/${cache}")" = "$(stat -c '%s %Y' "${IMAGE}") 6.1.0 ${IMAGE}" ]
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 1 ]
+  [[ "${stderr}" != *"@progress 30"* ]]
+  [ "$(json_field "${output}" image_jupyterhub)" = 6.1.0 ]
+  [ "$(json_field "${output}" jupyterhub_match)" = same ]
+  touch -d '2021-01-01 00:00:00' "${IMAGE}"
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 2 ]
+  [[ "${stderr}" == *"@progress 30 checking which JupyterHub"* ]]
+  truncate -s 4096 "${IMAGE}"
+  touch -d '2021-01-01 00:00:00' "${IMAGE}"   # same time, another size
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 3 ]
+  [ "$(cat "${HOME}/${cache}")" = "4096 $(date -d '2021-01-01 00:00:00' +%s) 6.1.0 ${IMAGE}" ]
+  # Rebuilt with another JupyterHub: refused, though 6.1.0 was cached.
+  jupyterhub_image "${IMAGE}" 5.2.1
+  touch -d '2022-01-01 00:00:00' "${IMAGE}"
+  run -12 --separate-stderr start_server --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 4 ]
+  run -12 --separate-stderr start_server --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 4 ]
+  [ "${output}" = '{"image_jupyterhub": "5.2.1", "hub_jupyterhub": "6.1.1"}' ]
+}
+
+@test "--version-cache: none is remembered, could-not-tell is not; paths with spaces, other lines kept" {
+  IMAGE="${BATS_TEST_TMPDIR}/my images/jupyter hub.sif"
+  mkdir -p "${IMAGE%/*}"
+  local cache="${HOME}/cache dir/versions" other="/images/with space/old one.sif"
+  mkdir -p "${cache%/*}"
+  # Another image's line, and a stale one of this image.
+  printf '2048 1 6.0.0 %s\n9 9 6.1.1 %s\n' "${other}" "${IMAGE}" >"${cache}"
+  jupyterhub_image "${IMAGE}" none
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 1 ]
+  [ "$(json_field "${output}" image_jupyterhub)" = none ]
+  [[ "${stderr}" == *"(its python3 has no jupyterhub package)"* ]]
+  local expected
+  expected="$(printf '2048 1 6.0.0 %s\n%s none %s' "${other}" "$(stat -c '%s %Y' "${IMAGE}")" "${IMAGE}")"
+  [ "$(cat "${cache}")" = "${expected}" ]
+  [ "$(stat -c %a "${cache}")" = 600 ]
+  jupyterhub_image "${IMAGE}" broken
+  touch -d '2021-01-01 00:00:00' "${IMAGE}"
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  start_ok --hub-jupyterhub 6.1.1 --version-cache "${cache}"
+  [ "$(python3_calls)" = 3 ]
+  [ "$(cat "${cache}")" = "${expected}" ]
+}
+
+@test "--slurm-job: the image is asked in a step of the job, with the exec options, without the binds" {
+  stand_in srun <<<'while (($#)) && [ "$1" != -- ]; do shift; done; shift; exec "$@"'
+  jupyterhub_image "${IMAGE}" 6.1.0
+  mkdir -p "${BATS_TEST_TMPDIR}/data"
+  start_ok --slurm-job 42 --hub-jupyterhub 6.1.1 --bind "${BATS_TEST_TMPDIR}/data:/mnt" \
+    --singularity-arg --cleanenv
+  [ "$(stand_in_calls srun)" = 2 ]
+  [ "$(stand_in_argv srun 1 | head -n 14)" = "$(printf '%s\n' --jobid=42 --overlap --nodes=1 --ntasks=1 \
+    --quiet --kill-on-bad-exit=1 -- "${TEST_BIN}/singularity" exec --cleanenv "${IMAGE}" python3 -B -c)" ]
+  [[ "$(stand_in_argv srun 1)" != *--bind* && "$(stand_in_argv srun 2)" == *--bind* ]]
+  [ "$(json_field "${output}" jupyterhub_match)" = same ]
+  [ "$(python3_calls)" = 1 ]
+}
+
+@test "--hub-jupyterhub must be a version" {
+  run -64 --separate-stderr bash "${SCRIPTS}/start_singleuser.sh" --exe singularity --image x --server-dir y \
+    --port-range 49152-60999 --hub-jupyterhub 'latest' -- cmd
+  [[ "${stderr}" == *"--hub-jupyterhub needs a version such as 6.1.1, got 'latest'"* ]]
 }
