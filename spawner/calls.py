@@ -37,6 +37,8 @@ def start_call(
     command: Sequence[str],
     env: Mapping[str, str],
     slurm_job: str = "",
+    hub_jupyterhub: str = "",
+    version_cache: str = "",
 ) -> ScriptCall:
     """start_singleuser.sh: the runtime, image and binds as argv; the environment on stdin.
 
@@ -44,6 +46,9 @@ def start_call(
     is the script's own wait for the server to listen; the call itself is
     bounded by the Hub's start_timeout. *slurm_job*: start the server as a step
     of that job (``srun --overlap``), so it is confined to it and ends with it.
+    *hub_jupyterhub*: the Hub's JupyterHub version, which the image's must match
+    (another major version is refused; "": no check); *version_cache*: the file
+    on the node that keeps each image's version.
     """
     args = [
         "--exe", exe,
@@ -58,9 +63,16 @@ def start_call(
         args += ["--bind", bind.spec]
     if slurm_job:
         args += ["--slurm-job", slurm_job]
+    if hub_jupyterhub:
+        args += ["--hub-jupyterhub", hub_jupyterhub, "--version-cache", version_cache]
     args = (*args, "--", *command)
     check_words(args)
     return ScriptCall("start_singleuser.sh", args, env_payload(env))
+
+
+def version_cache(remote_state_dir: str) -> str:
+    """The file on the node that keeps the JupyterHub version of each image the user ran."""
+    return f"{remote_state_dir}/image-jupyterhub-versions"
 
 
 def check_call(pid: int, start_time: int, timeout: float) -> ScriptCall:

@@ -14,11 +14,13 @@ from functools import partial
 from . import calls
 from .failures import Failures
 from .hub_resources import HubResources
+from .images import ImageChoice
 from .internal_tls import InternalTLS, hub_certs
 from .login import LOGIN_METHODS, LoginMethod
 from .node_access import NodeAccess
 from .placement import Placement, placement_class
 from .progress import Progress
+from .request import OptionsError
 from .server_process import ServerOnNode
 from .unreachable import PollGrace
 
@@ -30,9 +32,22 @@ class Parts:
     login: LoginMethod  # ssh_auth: how the Hub logs in as the user
     access: NodeAccess  # node scripts over SSH, in worker threads
     placer: Placement  # placement: where the server runs
+    images: ImageChoice  # images: what the server runs, as the user chose it
     server: ServerOnNode  # the server's process on its node
     tls: InternalTLS  # internal_ssl: the server's certificate on its node
     poll_grace: PollGrace  # what a poll concludes when the node is silent
+
+    def login_name(self) -> str:
+        """The login name on the nodes; SpawnException naming it if it is not valid."""
+        try:
+            return self.login.name()
+        except OptionsError as e:
+            raise self.fail(f"Cannot start your server: {e}", "options") from None
+
+
+def user_groups(user) -> list[str]:
+    """The names of the JupyterHub groups *user* belongs to."""
+    return [group.name for group in getattr(user, "groups", None) or ()]
 
 
 def make_parts(spawner, steps: Progress, create_certs: Callable[[], Awaitable[dict]]) -> Parts:
@@ -53,6 +68,7 @@ def make_parts(spawner, steps: Progress, create_certs: Callable[[], Awaitable[di
         login=login,
         access=access,
         placer=placer,
+        images=ImageChoice(spawner, partial(user_groups, spawner.user), fail),
         server=ServerOnNode(spawner, access, fail, steps, server_dir, log),
         tls=InternalTLS(access, partial(hub_certs, spawner, create_certs), server_dir, fail),
         poll_grace=PollGrace(spawner, access, log, name),

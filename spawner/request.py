@@ -52,20 +52,20 @@ class UserOptions:
 
 def _check_path(path: str, what: str, spec: str) -> str:
     if len(path) > MAX_PATH:
-        raise OptionsError(f"bind {_show(spec)}: the {what} is longer than {MAX_PATH} characters")
+        raise OptionsError(f"bind {show_value(spec)}: the {what} is longer than {MAX_PATH} characters")
     if not path.startswith("/"):
-        raise OptionsError(f"bind {_show(spec)}: the {what} {path!r} is not an absolute path")
+        raise OptionsError(f"bind {show_value(spec)}: the {what} {path!r} is not an absolute path")
     if not _PATH_RE.fullmatch(path):
         raise OptionsError(
-            f"bind {_show(spec)}: the {what} {path!r} contains a character that is not allowed "
+            f"bind {show_value(spec)}: the {what} {path!r} contains a character that is not allowed "
             "(allowed: letters, digits, space and / . _ - + @ = % ~)"
         )
     if any(part in (".", "..") for part in path.split("/")):
-        raise OptionsError(f"bind {_show(spec)}: the {what} {path!r} contains '.' or '..'")
+        raise OptionsError(f"bind {show_value(spec)}: the {what} {path!r} contains '.' or '..'")
     return path
 
 
-def _show(value: str, limit: int = 80) -> str:
+def show_value(value: str, limit: int = 80) -> str:
     """repr() of a user value, shortened so a hostile value cannot flood a message."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
@@ -77,12 +77,12 @@ def parse_bind(spec: str) -> Bind:
         raise OptionsError(f"bind {spec!r} is not a string")
     fields = spec.strip().split(":")
     if len(fields) > 3:
-        raise OptionsError(f"bind {_show(spec)} has more than three ':'-separated fields")
+        raise OptionsError(f"bind {show_value(spec)} has more than three ':'-separated fields")
     source = _check_path(fields[0], "source", spec)
     dest = _check_path(fields[1], "destination", spec) if len(fields) > 1 and fields[1] else source
     mode = fields[2] if len(fields) > 2 else "rw"
     if mode not in BIND_MODES:
-        raise OptionsError(f"bind {_show(spec)}: option {_show(mode)} is not one of ro, rw")
+        raise OptionsError(f"bind {show_value(spec)}: option {show_value(mode)} is not one of ro, rw")
     return Bind(source, dest, mode)
 
 
@@ -117,7 +117,7 @@ def validate_user_options(
     raw = dict(raw or {})
     unknown = sorted(set(raw) - {"host", "binds"})
     if unknown:
-        raise OptionsError(f"unknown option(s): {', '.join(_show(str(k)) for k in unknown)}")
+        raise OptionsError(f"unknown option(s): {', '.join(show_value(str(k)) for k in unknown)}")
     if not node_labels:
         raise OptionsError("no compute node is configured")
     host = raw.get("host") or node_labels[0]
@@ -125,7 +125,7 @@ def validate_user_options(
         host = (addresses or {}).get(host, host)
     if not isinstance(host, str) or host not in node_labels:
         raise OptionsError(
-            f"host {_show(str(host))} is not one of the configured nodes: {', '.join(node_labels)}"
+            f"host {show_value(str(host))} is not one of the configured nodes: {', '.join(node_labels)}"
         )
     return UserOptions(host=host, binds=parse_binds(raw.get("binds")))
 
@@ -147,7 +147,7 @@ def check_login_name(name: str) -> str:
     """A login name must be safe as a path component and a shell word."""
     if not isinstance(name, str) or not _LOGIN_RE.fullmatch(name):
         raise OptionsError(
-            f"login name {_show(str(name))} is not a valid login name "
+            f"login name {show_value(str(name))} is not a valid login name "
             "(letters, digits and _ . @ -, not starting with . or -, at most 64)"
         )
     return name

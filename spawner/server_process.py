@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import jupyterhub
+
 from . import calls, remote
+from .images import Image
 from .node_access import NodeAccess
 from .placement import Fail, Placed
 from .progress import Progress
@@ -29,8 +32,9 @@ class ServerProcess:
     port: int
     log_path: str = ""
     scripts_version: str = ""
+    image: str = ""  # the name of the image it runs
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("pid", "start_time", "port", "log_path", "scripts_version")
+    FIELDS: ClassVar[tuple[str, ...]] = ("pid", "start_time", "port", "log_path", "scripts_version", "image")
 
 
 class ServerOnNode:
@@ -53,12 +57,7 @@ class ServerOnNode:
         self.pending: tuple[asyncio.Future, Placed] | None = None
 
     def configured_binds(self) -> tuple[Bind, ...]:
-        """default_bind_path parsed; SpawnException if the image or the binds are misconfigured."""
-        if not self.config.singularity_container_path:
-            raise self.fail(
-                "the Hub is not configured: c.RemoteSingularitySpawner.singularity_container_path is empty",
-                "config",
-            )
+        """default_bind_path parsed; SpawnException if it is misconfigured."""
         try:
             return parse_binds(self.config.default_bind_path)
         except OptionsError as e:
@@ -67,34 +66,47 @@ class ServerOnNode:
             ) from None
 
     def start_call(
-        self, placed: Placed, binds: Sequence[Bind], command: Sequence[str], env: dict, time_left: float
+        self,
+        placed: Placed,
+        image: Image,
+        binds: Sequence[Bind],
+        command: Sequence[str],
+        env: dict,
+        time_left: float,
     ) -> remote.ScriptCall:
-        """The start_singleuser.sh call for *placed*, with *time_left* of start_timeout."""
+        """The start_singleuser.sh call of *image* on *placed*, with *time_left* of start_timeout."""
         config = self.config
-        gpu_args = config.gpu_singularity_args if placed.gpu else []
+        gpu_args = config.gpu_singularity_args if placed.gpu or image.gpu else []
         try:
             return calls.start_call(
                 exe=config.singularity_exe_path,
-                image=config.singularity_container_path,
+                image=image.path,
                 server_dir=self.server_dir,
                 port_range=config.port_range,
                 timeout=max(5, int(time_left - config.ssh_connect_timeout - 5)),
-                singularity_args=[*config.singularity_args, *gpu_args],
+                singularity_args=[*config.singularity_args, *image.args, *gpu_args],
                 binds=binds,
                 command=command,
                 env=env,
                 slurm_job=placed.job_id,
+                hub_jupyterhub=jupyterhub.__version__ if config.check_image_version else "",
+                version_cache=calls.version_cache(config.remote_state_dir),
             )
         except ValueError as e:
             raise self.fail(f"the Hub is misconfigured: {e}", "config") from None
 
-    async def start(self, placed: Placed, call: remote.ScriptCall, on_cancel) -> ServerProcess:
-        """Run start_singleuser.sh on the placed node; the server's process.
+    async def start(self, placed: Placed, image: Image, call: remote.ScriptCall, on_cancel) -> ServerProcess:
+        """Run start_singleuser.sh (*call*, of *image*) on the placed node; the server's process.
 
         *on_cancel(future, placed)*: what to do when the Hub gives up meanwhile.
         """
         name = self.access.log_name
-        self.log.info("Starting %s on %s (%s) as %s", name, placed.node, placed.address, placed.login)
+        self.log.info(
+            "Starting %s on %s (%s) as %s: image %s (%s)",
+            name, placed.node, placed.address, placed.login, image.name, image.path,
+        )  # fmt: skip
+        if self.config.images:  # a choice was offered: say which
+            self.steps.report(5, f"starting image {image.name} on {placed.node}")
         self.steps.report(10, f"connecting to {placed.node} as {placed.login}")
         future = self.access.start_server(
             placed.address, placed.login, placed.node, call, self.steps.reporter()
@@ -114,6 +126,8 @@ class ServerOnNode:
             taken, self.pending = self.pending is None, None
         if taken:
             raise self.fail(f"Your server on {placed.node} was stopped while it started", "stopped")
+        if reply.exit_code == remote.ExitCode.IMAGE_MISMATCH:
+            raise self.image_mismatch(placed, image, reply.data)
         if reply.exit_code != remote.ExitCode.OK:
             raise self.fail(
                 f"Your server on {placed.node} did not start (exit code {reply.exit_code}):\n{reply.stderr}",
@@ -125,7 +139,32 @@ class ServerOnNode:
             raise self.fail(
                 f"unexpected reply from start_singleuser.sh on {placed.node}: {reply.data!r}", "protocol"
             ) from None
-        return ServerProcess(pid, start_time, port, str(reply.data.get("log", "")), version)
+        if reply.data.get("jupyterhub_match") in ("minor", "unknown"):
+            theirs = str(reply.data.get("image_jupyterhub", ""))
+            found = {"": "could not tell which JupyterHub", "none": "no jupyterhub package"}.get(theirs)
+            self.log.warning(
+                "%s: the image %s (%s) on %s: %s; the Hub runs JupyterHub %s",
+                name, image.name, image.path, placed.node,
+                found or f"carries JupyterHub {theirs}", jupyterhub.__version__,
+            )  # fmt: skip
+        return ServerProcess(pid, start_time, port, str(reply.data.get("log", "")), version, image.name)
+
+    def image_mismatch(self, placed: Placed, image: Image, data: dict) -> Exception:
+        """The failure of an image whose JupyterHub has another major version than the Hub's."""
+        hub = jupyterhub.__version__
+        theirs = str(data.get("image_jupyterhub", "?"))
+        self.log.error(
+            "The image %s (%s) carries JupyterHub %s; the Hub runs %s. Install jupyterhub==%s in "
+            "it, or set c.RemoteSingularitySpawner.check_image_version = False to start it anyway",
+            image.name, image.path, theirs, hub, hub,
+        )  # fmt: skip
+        return self.fail(
+            f"Cannot start image {image.name} on {placed.node}: it carries JupyterHub {theirs}, "
+            f"and this Hub runs JupyterHub {hub}, another major version, with which the server "
+            "could not work. Please choose another image; the administrators have to update this "
+            f"one (to jupyterhub {hub}).",
+            "image",
+        )
 
     def take_pending(self) -> tuple[asyncio.Future, Placed] | None:
         """The start in flight (its start() then fails as stopped), if any."""

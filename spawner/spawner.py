@@ -46,6 +46,7 @@ from traitlets import (
 
 from . import calls, remote
 from . import state as state_mod
+from .images import Image
 from .internal_tls import CertsOnNode
 from .login import LOGIN_METHODS
 from .parts import Parts, make_parts
@@ -59,7 +60,6 @@ from .placement import (
 from .placement.nodes import Node
 from .placement.slurm_request import DEFAULTS as SLURM_DEFAULTS
 from .progress import Progress
-from .request import OptionsError
 from .server_process import ServerProcess
 from .state import Kept
 
@@ -119,8 +119,32 @@ class RemoteSingularitySpawner(Spawner):
 
     singularity_container_path = Unicode(
         "",
-        help="""Path of the container image (SIF file or sandbox directory) on the nodes.
-        Every node must see it at this path (copy it or use a shared file system). Required.""",
+        help="""Path of the container image (SIF file or sandbox directory) on the nodes: the
+        one image when `images` is empty. Every node must see it at this path (copy it or
+        use a shared file system). This or `images` is required.""",
+    ).tag(config=True)
+
+    images = Union(
+        [List(Dict()), Callable()],
+        default_value=[],
+        help="""The images users may choose from, in the order the form shows them; the first
+        a user may use is the default. A list of dicts with the keys `name` (what
+        user_options["image"] carries: letters, digits, '_', '.', '-'), `path` (on the
+        nodes), and optionally `display_name`, `description` (shown in the form), `binds`
+        (bound into this image's containers too, in default_bind_path's syntax), `args`
+        (extra options for `singularity exec`), `gpu` (true: gpu_singularity_args on every
+        node, not only on gpu_nodes) and `groups` (the JupyterHub groups whose members may
+        use it; everyone when unset). Or a callable taking the spawner and returning such a
+        list (or an awaitable of it), to build it per user. Empty: the one image of
+        singularity_container_path, named after its file.""",
+    ).tag(config=True)
+
+    check_image_version = Bool(
+        True,
+        help="""Before a server starts, ask the image which JupyterHub it carries (cached on the
+        node per image path, size and modification time). Another major version than the
+        Hub's fails the spawn with a sentence naming both; another minor version starts
+        with a warning in the progress and the log. False: no check.""",
     ).tag(config=True)
 
     singularity_args = List(
@@ -364,8 +388,8 @@ class RemoteSingularitySpawner(Spawner):
         # The running server, as the state keeps it (None: none).
         self.placed: Placed | None = None
         self.process: ServerProcess | None = None
-        # The request of the spawn under way: (the options it was made from, the request).
-        self._request: tuple[dict, object] | None = None
+        # The spawn under way: (the options it was made from, the placement's request, the image).
+        self._request: tuple[dict, object, Image] | None = None
         self._certs_moved = False  # move_certs put this spawn's certificate on its node
         self._starting = False
 
@@ -374,19 +398,13 @@ class RemoteSingularitySpawner(Spawner):
         """The spawner's parts, made at first use from its configuration (parts.py)."""
         return make_parts(self, self._steps, super().create_certs)
 
-    def _login(self) -> str:
-        """The login name on the nodes; SpawnException naming it if it is not valid."""
-        try:
-            return self.parts.login.name()
-        except OptionsError as e:
-            raise self.parts.fail(f"Cannot start your server: {e}", "options") from None
-
     async def validated_request(self, user_options=None, again: bool = False):
         """The placement's request from *user_options* (default: this spawn's), validated once
         per spawn (*again*: anew); SpawnException (400) naming a bad value."""
         options = dict((self.user_options if user_options is None else user_options) or {})
         if again or self._request is None or self._request[0] != options:
-            self._request = (options, await self.parts.placer.validate(options))
+            image, where = await self.parts.images.choose(options)
+            self._request = (options, await self.parts.placer.validate(where), image)
         return self._request[1]
 
     # --- start ---------------------------------------------------------------------------
@@ -413,19 +431,23 @@ class RemoteSingularitySpawner(Spawner):
     async def _start(self, deadline: float):
         default_binds = self.parts.server.configured_binds()
         request = await self.validated_request()
-        placed = self.placed = await self.parts.placer.place(request, self._login(), self._steps, deadline)
+        image = self._request[2]
+        login = self.parts.login_name()
+        placed = self.placed = await self.parts.placer.place(request, login, self._steps, deadline)
         self.ip, self.port = placed.address, 0
         if self.internal_ssl and not self._certs_moved:
             # The node became known only now (a Slurm job's): its certificate, made for it.
             self.cert_paths = await self.parts.tls.install(Node(placed.node, placed.address), placed.login)
-        binds, command = [*default_binds, *request.binds], [*self.cmd, *self.get_args()]
-        call = self.parts.server.start_call(placed, binds, command, self.get_env(), deadline - self.clock())
+        binds, command = [*default_binds, *image.binds, *request.binds], [*self.cmd, *self.get_args()]
+        call = self.parts.server.start_call(
+            placed, image, binds, command, self.get_env(), deadline - self.clock()
+        )
         certs = self.parts.tls.on_node
 
         def stop_when_started(future, placed):
             self.parts.resources.in_background(self._stop_late_start(future, placed, certs))
 
-        process = self.process = await self.parts.server.start(placed, call, stop_when_started)
+        process = self.process = await self.parts.server.start(placed, image, call, stop_when_started)
         self.port = process.port
         self.parts.poll_grace.reset()
         self._steps.report(90, f"the server is up on {placed.node}; waiting for it to answer the Hub")
@@ -545,7 +567,7 @@ class RemoteSingularitySpawner(Spawner):
         if not paths:
             return {}
         node = self.parts.placer.node_before_start(await self.validated_request())
-        moved = await self.parts.tls.move(paths, node, self._login())
+        moved = await self.parts.tls.move(paths, node, self.parts.login_name())
         self._certs_moved = True
         return moved
 

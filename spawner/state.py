@@ -30,8 +30,10 @@ FIELDS = {
     "certs_dir": "internal_ssl: the directory on the node with the server's key, certificate and CA",
     "job_id": "placement slurm: the Slurm job the server runs in (cancelled when it stops); '' otherwise",
     "partition": "placement slurm: the job's partition",
+    "image": "the name of the image the server runs (images); '' in a state saved before images",
 }
 # Version history: 1 had no job_id and partition (no Slurm placement); 2 added them.
+# image came later without a new version: it is optional, and older readers ignore it.
 
 
 class StateError(ValueError):
@@ -77,6 +79,7 @@ def restore(state: dict) -> Kept:
             port=int(values.get("port", 0)),
             log_path=str(values.get("log_path", "")),
             scripts_version=str(values.get("scripts_version", "")),
+            image=str(values.get("image", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"state {state!r} has no usable pid, start_time or port: {e}") from None

@@ -151,15 +151,22 @@ def placement_class(kind: str) -> type[Placement]:
 
 
 async def render_options_form(spawner) -> str:
-    """The placement's form: the nodes with their status, or the Slurm partitions and resources."""
-    return await spawner.parts.placer.render_form()
+    """The images the user may choose (when more than one), then the placement's form: the
+    nodes with their status, or the Slurm partitions and resources."""
+    form = await spawner.parts.placer.render_form()
+    images = await spawner.parts.images.for_user() if spawner.images else []
+    if len(images) < 2:
+        return form
+    return spawner.parts.resources.templates.get_template("_images.html").render(images=images) + form
 
 
 def options_from_form(formdata, spawner=None) -> dict:
     """The form's fields as ``user_options`` (the node form's without a spawner)."""
     if spawner is None:
         return node_options_from_form(formdata)
-    return spawner.parts.placer.options_from_form(formdata)
+    image = (formdata.get("image") or [""])[0].strip()
+    options = spawner.parts.placer.options_from_form({k: v for k, v in formdata.items() if k != "image"})
+    return {"image": image, **options} if image else options
 
 
 async def apply_user_options(spawner, user_options) -> None:

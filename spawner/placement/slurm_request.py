@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..request import Bind, OptionsError, _show, parse_binds
+from ..request import Bind, OptionsError, parse_binds, show_value
 from .nodes import HOSTNAME_RE, _valid_ip
 
 SETTING = "c.RemoteSingularitySpawner."
@@ -97,15 +97,15 @@ class Partition:
             raise ValueError(f"a partition is a JSON object, not {type(data).__name__}")
         name = data.get("name")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"partition name {_show(str(name))} is not a non-empty string")
+            raise ValueError(f"partition name {show_value(str(name))} is not a non-empty string")
         nodes = data.get("nodes")
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
-            raise ValueError(f"partition {_show(name)}: nodes is not a list of names")
+            raise ValueError(f"partition {show_value(name)}: nodes is not a list of names")
         counts = {key: _reply_count(data.get(key), name, key) for key in _COUNTS}
         max_time = parse_time_limit(data.get("max_time"), name)
         available, default = data.get("available"), data.get("default", False)
         if not isinstance(available, bool) or not isinstance(default, bool):
-            raise ValueError(f"partition {_show(name)}: available or default is not true or false")
+            raise ValueError(f"partition {show_value(name)}: available or default is not true or false")
         return cls(name, available, tuple(nodes), max_time_minutes=max_time, default=default, **counts)
 
     def summary(self) -> str:
@@ -122,18 +122,20 @@ _NO_LIMIT = ("infinite", "unlimited")
 def parse_time_limit(value, partition: str) -> int | None:
     """Minutes of a partition's time limit as sinfo prints it (%l); None: no limit."""
     if not isinstance(value, str):
-        raise ValueError(f"partition {_show(partition)}: max_time {_show(str(value))} is not a string")
+        raise ValueError(
+            f"partition {show_value(partition)}: max_time {show_value(str(value))} is not a string"
+        )
     if value.strip().lower() in _NO_LIMIT:
         return None
     try:
         return parse_time(value, "max_time")
     except OptionsError as e:
-        raise ValueError(f"partition {_show(partition)}: {e}") from None
+        raise ValueError(f"partition {show_value(partition)}: {e}") from None
 
 
 def _reply_count(value, name: str, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"partition {_show(name)}: {key} {_show(str(value))} is not a count")
+        raise ValueError(f"partition {show_value(name)}: {key} {show_value(str(value))} is not a count")
     return value
 
 
@@ -178,10 +180,10 @@ def parse_memory(value, field: str = "memory") -> int:
     else:
         match = _MEMORY_RE.fullmatch(value.strip()) if isinstance(value, str) else None
         if match is None:
-            raise OptionsError(f"{field} {_show(str(value))} is not a memory size (MB, or 512M, 4G, 1T)")
+            raise OptionsError(f"{field} {show_value(str(value))} is not a memory size (MB, or 512M, 4G, 1T)")
         mb = int(match[1]) * _MEMORY_UNITS[match[2].upper()]
     if mb <= 0:
-        raise OptionsError(f"{field} {_show(str(value))} is not more than 0")
+        raise OptionsError(f"{field} {show_value(str(value))} is not more than 0")
     return mb
 
 
@@ -192,16 +194,16 @@ def parse_time(value, field: str = "time") -> int:
     else:
         match = _TIME_RE.fullmatch(value.strip()) if isinstance(value, str) else None
         if match is None:
-            raise OptionsError(f"{field} {_show(str(value))} is not a duration ({TIME_FORMATS})")
+            raise OptionsError(f"{field} {show_value(str(value))} is not a duration ({TIME_FORMATS})")
         days, fields = match[1], [int(f) for f in match.groups()[1:] if f is not None]
         names = "hms"[: len(fields)] if days is not None else ("m", "ms", "hms")[len(fields) - 1]
         n = dict.fromkeys("hms", 0) | dict(zip(names, fields, strict=True))
         # The first field has no upper bound (90:00 is 90 minutes), the others do.
         if any(n[k] > 59 for k in names[1:]) or (days and n["h"] > 23):
-            raise OptionsError(f"{field} {_show(str(value))} has a field out of range ({TIME_FORMATS})")
+            raise OptionsError(f"{field} {show_value(str(value))} has a field out of range ({TIME_FORMATS})")
         minutes = (int(days or 0) * 24 + n["h"]) * 60 + n["m"] + (n["s"] > 0)
     if minutes <= 0:
-        raise OptionsError(f"{field} {_show(str(value))} is not more than 0")
+        raise OptionsError(f"{field} {show_value(str(value))} is not more than 0")
     return minutes
 
 
@@ -211,7 +213,7 @@ def _count(value, field: str) -> int:
         return value
     if isinstance(value, str) and _COUNT_RE.fullmatch(value.strip()):
         return int(value)
-    raise OptionsError(f"{field} {_show(str(value))} is not a whole number")
+    raise OptionsError(f"{field} {show_value(str(value))} is not a whole number")
 
 
 _PARSERS = {"cpus": _count, "memory": parse_memory, "gpus": _count, "time": parse_time}
@@ -222,15 +224,15 @@ def _resources(entry) -> dict:
     if entry is None:
         return {}
     if not isinstance(entry, Mapping):
-        raise ValueError(f"{_show(str(entry))} is not a dict with any of cpus, memory, gpus, time")
+        raise ValueError(f"{show_value(str(entry))} is not a dict with any of cpus, memory, gpus, time")
     unknown = sorted(set(entry) - set(RESOURCES), key=str)
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(_show(str(k)) for k in unknown)}")
+        raise ValueError(f"unknown key(s) {', '.join(show_value(str(k)) for k in unknown)}")
     fields = {}
     for key, value in entry.items():
         parsed = _PARSERS[key](value, key)
         if parsed < (0 if key == "gpus" else 1):
-            raise OptionsError(f"{key} {_show(str(value))} is less than {0 if key == 'gpus' else 1}")
+            raise OptionsError(f"{key} {show_value(str(value))} is less than {0 if key == 'gpus' else 1}")
         fields[RESOURCES[key]] = parsed
     return fields
 
@@ -245,7 +247,9 @@ def parse_partition_limits(value) -> dict[str, Limits]:
     limits = {}
     for name, entry in value.items():
         if not isinstance(name, str) or not _PARTITION_RE.fullmatch(name):
-            raise ValueError(f"{prefix}{_show(str(name))} is not a partition name (letters, digits, _ . -)")
+            raise ValueError(
+                f"{prefix}{show_value(str(name))} is not a partition name (letters, digits, _ . -)"
+            )
         try:
             limits[name] = Limits(**_resources(entry))
         except ValueError as e:
@@ -272,13 +276,13 @@ def check_sbatch_args(value) -> tuple[str, ...]:
         match = _SBATCH_ARG_RE.fullmatch(item) if isinstance(item, str) else None
         if match is None:
             raise ValueError(
-                f"{prefix}{_show(str(item))} is not one word --name or --name=value "
+                f"{prefix}{show_value(str(item))} is not one word --name or --name=value "
                 "(name: a-z 0-9 -; value: letters, digits and _ . , : / @ % + = -)"
             )
         # sbatch takes an unambiguous abbreviation of a long option as the option.
         own = next((o for o in SBATCH_OWN if o.startswith(match[1])), None)
         if own is not None:
-            raise ValueError(f"{prefix}{_show(item)} sets --{own}, which the spawner sets itself")
+            raise ValueError(f"{prefix}{show_value(item)} sets --{own}, which the spawner sets itself")
     return tuple(value)
 
 
@@ -287,18 +291,18 @@ def check_slurm_format(raw) -> dict:
     raw = dict(raw or {})
     unknown = sorted(set(raw) - set(REQUEST_KEYS), key=str)
     if unknown:
-        raise OptionsError(f"unknown option(s): {', '.join(_show(str(k)) for k in unknown)}")
+        raise OptionsError(f"unknown option(s): {', '.join(show_value(str(k)) for k in unknown)}")
     given = {key: value for key, value in raw.items() if value is not None and value != ""}
     partition, host = given.get("partition"), given.get("host")
     if partition is not None and not (isinstance(partition, str) and _PARTITION_RE.fullmatch(partition)):
         raise OptionsError(
-            f"partition {_show(str(partition))} is not a name of letters, digits, _ . - (1 to 64)"
+            f"partition {show_value(str(partition))} is not a name of letters, digits, _ . - (1 to 64)"
         )
     if host is not None and not (
         isinstance(host, str)
         and (HOSTNAME_RE.fullmatch(host) or (_IP_RE.fullmatch(host) and _valid_ip(host)))
     ):
-        raise OptionsError(f"host {_show(str(host))} is not a host name or an IP address")
+        raise OptionsError(f"host {show_value(str(host))} is not a host name or an IP address")
     values = {RESOURCES[k]: parse(given[k], k) if k in given else None for k, parse in _PARSERS.items()}
     return {"partition": partition, **values, "host": host, "binds": parse_binds(raw.get("binds"))}
 
@@ -345,7 +349,7 @@ def validate_slurm_options(
         raise OptionsError("partition: no Slurm partition is available to you right now")
     name = given["partition"] or default_partition(partitions, limits)
     if name not in allowed:
-        raise OptionsError(f"partition {_show(name)} is not one you may use: {_names(allowed)}")
+        raise OptionsError(f"partition {show_value(name)} is not one you may use: {_names(allowed)}")
     partition = partitions[name]
     if not partition.available:
         up = [n for n in allowed if partitions[n].available]
@@ -362,7 +366,9 @@ def validate_slurm_options(
         chosen = replace(chosen, **{key: value})
     host = given["host"]
     if host is not None and host not in partition.nodes:
-        raise OptionsError(f"host {_show(host)} is not a node of partition {name}: {_names(partition.nodes)}")
+        raise OptionsError(
+            f"host {show_value(host)} is not a node of partition {name}: {_names(partition.nodes)}"
+        )
     return SlurmRequest(partition=name, resources=chosen, host=host, binds=given["binds"])
 
 

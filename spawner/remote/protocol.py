@@ -43,6 +43,7 @@ class ExitCode(IntEnum):
     NO_SCRIPTS = 9
     CANNOT_WRITE = 10
     SLURM = 11
+    IMAGE_MISMATCH = 12
     USAGE = 64
 
 
