@@ -30,9 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fabric
+import jupyterhub
 import paramiko
 
 from .. import remote
+from ..images import shorthand_name
 from ..placement.nodes import Node
 from . import slurm_hosts
 from .settings import DeployError as DeployError  # the settings, where command.py and the tests found them
@@ -63,6 +65,7 @@ class NodeReport:
     notes: list[str] = field(default_factory=list)
     role: str = COMPUTE  # with placement slurm also "submit" or "submit, compute"
     slurm: str = "-"  # the Slurm client, on a submit host
+    images: list[str] = field(default_factory=list)  # one line per image: found, JupyterHub, match
 
     @property
     def fit(self) -> bool:
@@ -132,20 +135,58 @@ def judge_runtime_and_image(report: NodeReport, probe: dict, settings: Settings)
     )
     if problem:
         report.problems.append(problem)
-    image = probe.get("image", "")
-    if image == "ok":
-        report.image = "ok"
-        if not probe.get("image_for_all"):
-            report.image = "ok (not for all)"
-            report.notes.append(f"{settings.image} is not readable by all users: check its group")
-    else:
-        report.image = image.upper() or "UNKNOWN"
-        report.problems.append(f"image {settings.image}: {image or 'no answer'}")
+    judge_images(report, probe, settings)
     if settings.submit_host is not None and not probe.get("srun"):
         report.problems.append(
             "srun not on the login PATH: with placement slurm a server starts as a step of its job "
             "with it (install the Slurm client here)"
         )
+
+
+def judge_images(report: NodeReport, probe: dict, settings: Settings) -> None:
+    """Fill the IMAGE column and the images' lines of a compute node's *report*: each image
+    present and readable by all, its JupyterHub and whether it matches the Hub's."""
+    found = probe.get("images") or [
+        {"path": settings.image, "state": probe.get("image", ""), "for_all": probe.get("image_for_all")}
+    ]
+    names = {path: name for name, path in settings.images} or {settings.image: shorthand_name(settings.image)}
+    verdicts = []
+    for image in found:
+        path, state = image.get("path", ""), image.get("state", "")
+        name = names.get(path, path)
+        if state != "ok":
+            report.problems.append(f"image {path}: {state or 'no answer'}")
+            verdicts.append(state.upper() or "UNKNOWN")
+            report.images.append(f"image {name} ({path}): {state or 'no answer'}")
+            continue
+        if not image.get("for_all"):
+            report.notes.append(f"{path} is not readable by all users: check its group")
+        jh, match = image.get("jupyterhub", ""), image.get("match", "unknown")
+        shown = {"": "JupyterHub unknown", "none": "no JupyterHub"}.get(jh, f"JupyterHub {jh}")
+        verdict = {
+            "same": "matches the Hub",
+            "minor": "another minor version than the Hub's (works, warns)",
+            "major": "ANOTHER MAJOR VERSION than the Hub's: its servers are refused",
+        }.get(match, "")
+        if match == "major":
+            report.problems.append(
+                f"image {name} ({path}) carries JupyterHub {jh}, the Hub runs {jupyterhub.__version__}: "
+                f"install jupyterhub=={jupyterhub.__version__} in it"
+            )
+        elif jh == "none":
+            report.notes.append(f"image {name} ({path}) has no jupyterhub package: can its servers start?")
+        report.images.append(
+            f"image {name} ({path}): present, readable{'' if image.get('for_all') else ' (not by all)'}, "
+            f"{shown}{f', {verdict}' if verdict else ''}"
+        )
+        verdicts.append("ok" if image.get("for_all") else "ok (not for all)")
+        if match == "major":
+            verdicts[-1] = "JUPYTERHUB"
+    if len(verdicts) == 1:
+        report.image = verdicts[0]
+    else:
+        good = sum(v.startswith("ok") for v in verdicts)
+        report.image = f"{good}/{len(verdicts)} ok" + ("" if good == len(verdicts) else " (SEE BELOW)")
 
 
 def probe_node(
@@ -154,7 +195,9 @@ def probe_node(
     """Run the bundle's check_node.sh for *role* on the node (fed on stdin); its JSON reply."""
     args = ["--scripts-dir", f"{settings.node_scripts_dir}/{bundle.version}"]
     if has_role(role, COMPUTE):
-        args = ["--exe", settings.exe, "--image", settings.image, *args]
+        paths = [path for _, path in settings.images] or [settings.image]
+        args = ["--exe", settings.exe, *(w for path in paths for w in ("--image", path)),
+                "--hub-jupyterhub", jupyterhub.__version__, *args]  # fmt: skip
     if role != COMPUTE:
         args = ["--role", slurm_hosts.script_role(role), *args]
     command = remote.command_line(None, args)
@@ -339,6 +382,8 @@ def format_table(reports: Iterable[NodeReport]) -> str:
     for r in reports:
         lines += [f"{r.node.label}: {p}" for p in r.problems]
         lines += [f"{r.node.label}: note: {n}" for n in r.notes]
+    for r in reports:
+        lines += [f"{r.node.label}: {line}" for line in r.images]
     return "\n".join(lines)
 
 

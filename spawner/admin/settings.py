@@ -19,6 +19,7 @@ from pathlib import Path
 from traitlets.config import PyFileConfigLoader
 
 from .. import remote
+from ..images import ImageConfigError, parse_images, shorthand_name
 from ..placement.nodes import Node, parse_nodelist
 
 _SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/+@=%~-]*")
@@ -40,7 +41,7 @@ class Settings:
     # Slurm lists are reached when it names them (as the spawner reaches them).
     nodes: tuple[Node, ...]
     exe: str
-    image: str
+    image: str  # the first of images
     node_scripts_dir: str
     scripts_dir: str
     known_hosts: tuple[str, ...]
@@ -49,6 +50,30 @@ class Settings:
     ca_source: str = ""  # where it came from, for the admin's eyes
     sshd_config: str = DEFAULT_SSHD_CONFIG
     submit_host: Node | None = None  # placement slurm: the hosts are it and the nodes its sinfo lists
+    images: tuple[tuple[str, str], ...] = ()  # (name, path) of every image the spawner offers
+
+
+def images_to_check(config: dict, image: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(name, path) of the images to look at: *image* (--image), else the spawner's images
+    as the config gives them; and warnings. DeployError if there is none or one is bad."""
+    if image:
+        return [(shorthand_name(image), image)], []
+    entries, warnings = config.get("images") or [], []
+    if callable(entries):
+        warnings.append(
+            "images is a callable (a list per user): only singularity_container_path is checked; "
+            "give --image to check another"
+        )
+        entries = []
+    if not entries and not config.get("singularity_container_path"):
+        raise DeployError(
+            "no image: give --image or set singularity_container_path in the config (or images)"
+        )
+    try:
+        images = parse_images(entries, config.get("singularity_container_path", ""))
+    except ImageConfigError as e:
+        raise DeployError(f"the config's {e}") from None
+    return [(i.name, i.path) for i in images], warnings
 
 
 def parse_hosts(text: str) -> tuple[list[Node], list[str]]:
@@ -113,14 +138,14 @@ def make_settings(
     submit = submit_host(config, nodes) if placement == "slurm" and not hosts else None
     if not nodes and submit is None:
         raise DeployError("no node to check: give --hosts or a --config whose nodelist has valid nodes")
-    image = image or config.get("singularity_container_path", "")
-    if not image:
-        raise DeployError("no image: give --image or set singularity_container_path in the config")
+    images, image_warnings = images_to_check(config, image)
+    warnings += image_warnings
     node_dir = node_scripts_dir or config.get("node_scripts_dir", remote.DEFAULT_NODE_SCRIPTS_DIR)
     # Both travel as argv (shlex.join); the node-wide directory also names files for
     # the spawner and check_node.sh to compare, so it is kept to plain characters.
-    if not image.startswith("/") or not image.isprintable():
-        raise DeployError(f"image {image!r} must be an absolute path without control characters")
+    for _, path in images:
+        if not path.startswith("/") or not path.isprintable():
+            raise DeployError(f"image {path!r} must be an absolute path without control characters")
     if not _SAFE_PATH_RE.fullmatch(node_dir) or "/../" in f"{node_dir}/":
         raise DeployError(
             f"node_scripts_dir {node_dir!r} must be an absolute path of letters, digits and / . _ - + @ = % ~"
@@ -134,7 +159,8 @@ def make_settings(
     settings = Settings(
         nodes=tuple(nodes),
         exe=exe or config.get("singularity_exe_path", DEFAULT_RUNTIME),
-        image=image,
+        image=images[0][1],
+        images=tuple(images),
         node_scripts_dir=node_dir.rstrip("/"),
         scripts_dir=config.get("scripts_dir", "") or str(remote.packaged_scripts_dir()),
         known_hosts=tuple(dict.fromkeys([*known_hosts, *config_known, *default_known])),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import jupyterhub
 import pytest
 
 from remotesingularityspawner import remote
@@ -554,7 +555,11 @@ def test_a_submit_host_that_cannot_be_asked_is_checked_alone_and_says_why():
     assert problems == ["cannot list the compute nodes: cannot connect to root@10.0.0.5:22: timed out"]
 
 
-COMPUTE_WORDS = ["--exe", "singularity", "--image", "/images/j.sif", "--scripts-dir", "/o/s/v1"]
+# The compute role's words: the runtime, each image and the Hub's JupyterHub (to compare).
+COMPUTE_WORDS = [
+    "--exe", "singularity", "--image", "/images/j.sif", "--hub-jupyterhub", jupyterhub.__version__,
+    "--scripts-dir", "/o/s/v1",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -657,3 +662,86 @@ def test_a_submit_host_whose_sinfo_lists_nothing_is_unfit_and_says_so_in_one_lin
     assert lines[1].split() == ["login1", "(10.0.0.5)", "submit", "ok", "(root)", "ok", "-", "-", "current",
                                 "-", "NO"]  # fmt: skip
     assert lines[2:] == ["login1: sinfo lists no node: no compute node was checked"]
+
+
+# --- images: each listed per node, with its JupyterHub against the Hub's --------------------
+
+IMAGES_CONFIG = {
+    "nodelist": "n1:10.0.0.1",
+    "images": [
+        {"name": "base", "path": "/images/base.sif"},
+        {"name": "older", "path": "/images/older.sif", "groups": ["ml"]},
+        {"name": "old", "path": "/images/old.sif"},
+    ],
+}
+
+
+def image_found(path, jupyterhub_version, match, state="ok", for_all=True):
+    return {
+        "path": path,
+        "state": state,
+        "for_all": for_all,
+        "jupyterhub": jupyterhub_version,
+        "match": match,
+    }
+
+
+def test_check_asks_for_every_image_of_the_config():
+    configured = deploy.make_settings(IMAGES_CONFIG)[0]
+    assert [path for _, path in configured.images] == [
+        "/images/base.sif",
+        "/images/older.sif",
+        "/images/old.sif",
+    ]
+    assert deploy.make_settings(IMAGES_CONFIG, image="/other.sif")[0].images == (("other", "/other.sif"),)
+
+
+def test_a_callable_images_is_not_guessed_and_the_admin_is_told():
+    config = {"nodelist": "n1:10.0.0.1", "images": print, "singularity_container_path": "/images/j.sif"}
+    configured, warnings = deploy.make_settings(config)
+    assert configured.images == (("j", "/images/j.sif"),)
+    assert any("images is a callable" in w and "--image" in w for w in warnings)
+
+
+def test_a_bad_images_entry_is_named_before_anything_is_contacted():
+    config = {**IMAGES_CONFIG, "images": [{"name": "x y", "path": "/a.sif"}]}
+    with pytest.raises(deploy.DeployError, match=r"images\[0\]: name 'x y'"):
+        deploy.make_settings(config)
+
+
+def test_each_image_is_listed_with_its_jupyterhub_and_whether_it_matches_the_hub():
+    ours = jupyterhub.__version__
+    report = deploy.NodeReport(Node("n1", "10.0.0.1"))
+    found = [
+        image_found("/images/base.sif", ours, "same"),
+        image_found("/images/older.sif", "6.0.1", "minor", for_all=False),
+        image_found("/images/old.sif", "5.5.4", "major"),
+    ]
+    deploy.judge(report, probe(images=found), deploy.make_settings(IMAGES_CONFIG)[0], BUNDLE)
+    assert report.image == "2/3 ok (SEE BELOW)" and not report.fit
+    assert report.problems == [
+        f"image old (/images/old.sif) carries JupyterHub 5.5.4, the Hub runs {ours}: "
+        f"install jupyterhub=={ours} in it"
+    ]
+    lines = deploy.format_table([report]).splitlines()
+    assert lines[-3:] == [
+        f"n1: image base (/images/base.sif): present, readable, JupyterHub {ours}, matches the Hub",
+        "n1: image older (/images/older.sif): present, readable (not by all), JupyterHub 6.0.1, another "
+        "minor version than the Hub's (works, warns)",
+        "n1: image old (/images/old.sif): present, readable, JupyterHub 5.5.4, ANOTHER MAJOR VERSION than "
+        "the Hub's: its servers are refused",
+    ]
+    assert "n1: note: /images/older.sif is not readable by all users: check its group" in lines
+
+
+def test_a_missing_image_among_several_makes_the_node_unfit():
+    report = deploy.NodeReport(Node("n1", "10.0.0.1"))
+    found = [image_found("/images/base.sif", jupyterhub.__version__, "same"),
+             image_found("/images/older.sif", "", "unknown", state="missing"),
+             image_found("/images/old.sif", "", "unknown")]  # fmt: skip
+    deploy.judge(report, probe(images=found), deploy.make_settings(IMAGES_CONFIG)[0], BUNDLE)
+    assert report.image == "2/3 ok (SEE BELOW)"
+    assert report.problems == ["image /images/older.sif: missing"]
+    assert "n1: image old (/images/old.sif): present, readable, JupyterHub unknown" in deploy.format_table(
+        [report]
+    )
