@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pprint
 import shutil
 import sys
 import tempfile
@@ -147,6 +148,26 @@ def cluster(c, action="status"):
             raise Exit(code=1)
 
 
+def _demo_images(state) -> str:
+    """The Hub's config lines offering the stand-in's image of the Hub's JupyterHub and an older one."""
+    versions = state.image_versions
+    images = [
+        {
+            "name": "jupyter",
+            "display_name": f"Jupyter (JupyterHub {versions['jupyter']})",
+            "description": "JupyterLab with the Hub's own JupyterHub version",
+            "path": str(state.image),
+        },
+        {
+            "name": "jupyter-older",
+            "display_name": f"Jupyter (JupyterHub {versions['jupyter-minor']})",
+            "description": "an older JupyterHub: starts with a warning",
+            "path": str(state.image_minor),
+        },
+    ]
+    return f"c.RemoteSingularitySpawner.images = {pprint.pformat(images, sort_dicts=False)}\n"
+
+
 @task(
     help={
         "image": "a real Singularity/Apptainer image to run (with --singularity)",
@@ -160,7 +181,9 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False, slurm=False
     """Run a Hub on http://127.0.0.1:8000 with this spawner on the local two-node cluster.
 
     Uses a real singularity/apptainer when one is on PATH and --image is given;
-    otherwise the test stand-in, and says so. Ctrl-C stops everything.
+    otherwise the test stand-in, and says so, and offers two images: one with the
+    Hub's JupyterHub version and one with another minor version (older when the Hub's
+    minor is not 0; its server starts with a warning). Ctrl-C stops everything.
     """
     _require_root("the demo")
     _require("configurable-http-proxy", "npm install -g configurable-http-proxy (or run .ci/setup)")
@@ -182,9 +205,13 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False, slurm=False
         exe, img, note = real, image, f"using {real} with the image {image}"
     else:
         exe, img = str(state.singularity), str(state.image)
+        extra += _demo_images(state)
+        versions = state.image_versions
         note = (
             "no real singularity/apptainer and image given (--singularity, --image): using the "
-            f"test stand-in {exe}, which runs the server from {state.venv} on the node"
+            f"test stand-in {exe}, which runs the server from the image's venv on the node\n"
+            f"  images: jupyter (JupyterHub {versions['jupyter']}, {state.venv}) and jupyter-older "
+            f"(JupyterHub {versions['jupyter-minor']}, {state.image_minor.name}: starts with a warning)"
         )
     workdir = Path(tempfile.mkdtemp(prefix="rss-demo-"))
     hub = Hub(

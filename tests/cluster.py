@@ -53,9 +53,17 @@ What up() builds (all constants are in CONFIG):
   the user can create nothing in the home itself;
 * a world-readable single-user venv /opt/rss-singleuser (jupyterhub pinned to the hub's
   version, jupyter_server, jupyterlab);
+* two world-readable venvs with another JupyterHub (``CONFIG.overlays``), each holding only
+  its jupyterhub (pip ``--no-deps``) and a .pth file that adds /opt/rss-singleuser's
+  site-packages behind it, so everything else comes from there:
+  /opt/rss-singleuser-minor has the Hub's major version with another minor (Hub 6.1 ->
+  the newest 6.0.x; Hub 6.0 -> 6.1.x) and runs a real server;
+  /opt/rss-singleuser-major has the newest release of the previous major (Hub 6 -> 5.x);
 * the singularity stand-in (tests/bin/singularity, copied to /opt/rss-cluster/bin with an
-  ``apptainer`` symlink) and an image /opt/rss-cluster/images/jupyter.sif made by
-  tests/bin/make-fake-image;
+  ``apptainer`` symlink) and, made by tests/bin/make-fake-image, one image per venv whose
+  %environment puts the venv's bin first on PATH: /opt/rss-cluster/images/jupyter.sif
+  (/opt/rss-singleuser), jupyter-minor.sif and jupyter-major.sif (``Cluster.images``, with
+  the jupyterhub version each carries in ``Cluster.image_versions``);
 * root may log in to the nodes with ``/var/lib/rss-cluster/root_id_ed25519`` only (for
   ``invoke deploy``; the host's own root keys are not used), and each node has a node-wide
   directory of its own: /opt/remote-singularity-spawner is bind-mounted per node from
@@ -74,6 +82,7 @@ import importlib.metadata
 import json
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -135,6 +144,21 @@ class UserSpec:
 
 
 @dataclass(frozen=True)
+class OverlaySpec:
+    """A venv with another jupyterhub than the Hub's, over the main single-user venv.
+
+    It holds only its jupyterhub (pip --no-deps) and a .pth file adding the main venv's
+    site-packages after its own, so its jupyterhub shadows the main one and the rest
+    (jupyter_server, jupyterlab, the dependencies) comes from the main venv.
+    """
+
+    image: str  # the image's name: opt_dir/images/<image>.sif
+    venv: Path
+    step: str  # which jupyterhub, relative to the Hub's: "minor" or "major" (_overlay_requirement)
+    runs_server: bool  # up() checks that its jupyterhub-singleuser runs
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("/var/lib/rss-cluster")
     opt_dir: Path = Path("/opt/rss-cluster")
@@ -164,6 +188,11 @@ class Config:
     )
     user_prefix: str = "rss-"  # the harness refuses to create or delete any other account
     singleuser_extras: tuple[str, ...] = ("jupyter_server", "jupyterlab")
+    main_image: str = "jupyter"  # the image of venv: opt_dir/images/jupyter.sif
+    overlays: tuple[OverlaySpec, ...] = (
+        OverlaySpec("jupyter-minor", Path("/opt/rss-singleuser-minor"), "minor", runs_server=True),
+        OverlaySpec("jupyter-major", Path("/opt/rss-singleuser-major"), "major", runs_server=False),
+    )
     sshd_timeout: float = 30.0
     node_wide_dir: Path = Path("/opt/remote-singularity-spawner")  # per node (a bind mount)
 
@@ -177,11 +206,19 @@ class Config:
 
     @property
     def image(self) -> Path:
-        return self.opt_dir / "images" / "jupyter.sif"
+        return self.image_file(self.main_image)
+
+    def image_file(self, name: str) -> Path:
+        return self.opt_dir / "images" / f"{name}.sif"
 
     @property
-    def image_path_env(self) -> str:
-        return f"{self.venv}/bin:{_SYS_PATH}"
+    def image_venvs(self) -> dict[str, Path]:
+        """Each image's name and the venv its PATH puts first, the main image first."""
+        return {self.main_image: self.venv, **{o.image: o.venv for o in self.overlays}}
+
+    @property
+    def venvs(self) -> tuple[Path, ...]:
+        return tuple(self.image_venvs.values())
 
     @property
     def known_hosts(self) -> Path:
@@ -265,7 +302,9 @@ class Cluster:
     hub_ip: str
     singularity: Path
     apptainer: Path
-    image: Path
+    image: Path  # images[CONFIG.main_image]: the Hub's own jupyterhub
+    images: dict[str, Path]  # by name: "jupyter", "jupyter-minor", "jupyter-major"
+    image_versions: dict[str, str]  # the jupyterhub version each image runs ("" if not installed)
     venv: Path
     known_hosts: Path  # root-owned, all nodes' host keys (name,ip keytype key; [name]:2222,[ip]:2222 ...)
     state_dir: Path
@@ -275,6 +314,16 @@ class Cluster:
     def node_wide_source(self, name: str) -> Path:
         """Where the host sees the node's node_wide_dir."""
         return CONFIG.node_wide_source(_node_spec(name))
+
+    @property
+    def image_minor(self) -> Path:
+        """The Hub's major version, another minor: a server starts (with a warning)."""
+        return self.images["jupyter-minor"]
+
+    @property
+    def image_major(self) -> Path:
+        """The previous major version of JupyterHub: the spawner refuses it."""
+        return self.images["jupyter-major"]
 
     def node(self, name: str) -> Node:
         return _pick(self.nodes, name)
@@ -1145,26 +1194,126 @@ def _make_world_readable(root: Path) -> None:
             st = os.lstat(path)
             if not os.path.islink(path):
                 os.chmod(path, st.st_mode | 0o444 | (0o111 if st.st_mode & 0o111 else 0))
+    for parent in root.parents:
+        os.chmod(parent, os.stat(parent).st_mode | 0o555)
+
+
+def _umask_022(argv: Sequence[str | Path]) -> list[str | Path]:
+    """ARGV run with umask 022, so what it creates is readable by all."""
+    return ["sh", "-c", 'umask 022 && exec "$@"', "sh", *argv]
+
+
+def _pip_install(python: Path, args: Sequence[str], log_name: str, target: Path | None = None) -> None:
+    """pip install ARGS with PYTHON's pip, into PYTHON's environment or TARGET's (a python)."""
+    into = [] if target is None else ["--python", target]
+    pip = [python, "-m", "pip", *into, "install", "--no-input", "--progress-bar", "off"]
+    proc = _run(_umask_022([*pip, *args]), check=False)
+    (CONFIG.state_dir / log_name).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise ClusterError(f"pip install {' '.join(args)} failed:\n{proc.stderr.strip()[-3000:]}")
 
 
 def _ensure_venv() -> None:
     if _venv_ok():
         return
     reqs = _venv_requirements()
-    if not (CONFIG.venv / "bin" / "python").exists():
+    python = CONFIG.venv / "bin" / "python"
+    if not python.exists():
         _log(f"creating {CONFIG.venv}")
         _run(["/usr/bin/python3", "-m", "venv", CONFIG.venv])
     _log(f"pip install {' '.join(reqs)} into {CONFIG.venv} (takes a minute)")
-    python = CONFIG.venv / "bin" / "python"
-    pip = [str(python), "-m", "pip", "install", "--no-input", "--progress-bar", "off", *reqs]
-    proc = _run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *pip], check=False)
-    (CONFIG.state_dir / "pip.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise ClusterError(f"pip install into {CONFIG.venv} failed:\n{proc.stderr.strip()[-3000:]}")
+    _pip_install(python, reqs, "pip.log")
     _make_world_readable(CONFIG.venv)
-    for parent in CONFIG.venv.parents:
-        os.chmod(parent, os.stat(parent).st_mode | 0o555)
     _venv_marker().write_text(" ".join(reqs) + "\n")
+
+
+def _site_packages(venv: Path) -> Path | None:
+    found = sorted(venv.glob("lib/python3*/site-packages"))
+    return found[0] if found else None
+
+
+def _installed_jupyterhub(venv: Path) -> str:
+    """The version of the jupyterhub in VENV's own site-packages; "" if there is none."""
+    site = _site_packages(venv)
+    if site is None:
+        return ""
+    for dist in importlib.metadata.distributions(name="jupyterhub", path=[str(site)]):
+        return dist.version
+    return ""
+
+
+def _overlay_requirement(step: str, hub_version: str) -> str:
+    """The jupyterhub an overlay venv gets, as a pip requirement (the newest of a series).
+
+    "minor": the Hub's major with another minor (6.1.1 -> jupyterhub~=6.0.0, 6.0.2 -> ~=6.1.0);
+    "major": the previous major (6.1.1 -> jupyterhub~=5.0, the newest 5.x).
+    """
+    match = re.match(r"(\d+)\.(\d+)", hub_version)
+    if match is None:
+        raise ClusterError(f"cannot read the Hub's jupyterhub version {hub_version!r}")
+    major, minor = int(match[1]), int(match[2])
+    if step == "minor":
+        return f"jupyterhub~={major}.{minor - 1 if minor > 0 else minor + 1}.0"
+    if step == "major" and major > 0:
+        return f"jupyterhub~={major - 1}.0"
+    raise ClusterError(f"no {step} step from jupyterhub {hub_version}")
+
+
+def _overlay_marker_text(spec: OverlaySpec) -> str:
+    """What the overlay is made of: its jupyterhub and the site-packages its .pth adds."""
+    base = _site_packages(CONFIG.venv)
+    return f"--no-deps {_overlay_requirement(spec.step, _hub_version())} base={base} jupyter-data=linked\n"
+
+
+def _overlay_marker(spec: OverlaySpec) -> Path:
+    return spec.venv / ".rss-cluster-requirements"
+
+
+def _overlay_ok(spec: OverlaySpec) -> bool:
+    marker = _overlay_marker(spec)
+    if not (marker.exists() and (spec.venv / "bin" / "jupyterhub-singleuser").exists()):
+        return False
+    return marker.read_text() == _overlay_marker_text(spec)
+
+
+def _overlay_check(spec: OverlaySpec, requirement: str) -> str:
+    """Import the overlay's jupyterhub as a server would; its version, or ClusterError."""
+    python = spec.venv / "bin" / "python"
+    code = "import importlib.metadata as m, jupyterhub as j; print(m.version('jupyterhub'), j.__version__)"
+    versions = _run([python, "-I", "-c", code]).stdout.split()
+    wanted = requirement.removeprefix("jupyterhub~=").rsplit(".", 1)[0] + "."  # "6.0." or "5."
+    if len(versions) != 2 or versions[0] != versions[1] or not versions[0].startswith(wanted):
+        raise ClusterError(f"{python}: jupyterhub {' '.join(versions)} is not the {requirement} installed")
+    if spec.runs_server:
+        _run([spec.venv / "bin" / "jupyterhub-singleuser", "--help"])
+    return versions[0]
+
+
+def _ensure_overlay(spec: OverlaySpec) -> None:
+    """Make SPEC's venv anew unless it is current (a few seconds: one wheel, no dependencies)."""
+    if _overlay_ok(spec):
+        return
+    requirement = _overlay_requirement(spec.step, _hub_version())
+    _log(f"making {spec.venv} with {requirement} over {CONFIG.venv}")
+    shutil.rmtree(spec.venv, ignore_errors=True)
+    _run(_umask_022(["/usr/bin/python3", "-m", "venv", "--without-pip", spec.venv]))
+    # Before the .pth exists, so pip sees no other jupyterhub to replace.
+    python = spec.venv / "bin" / "python"
+    _pip_install(CONFIG.venv / "bin" / "python", ["--no-deps", requirement], f"pip-{spec.image}.log", python)
+    base, site = _site_packages(CONFIG.venv), _site_packages(spec.venv)
+    if base is None or site is None:
+        raise ClusterError(f"no site-packages in {CONFIG.venv} or {spec.venv}")
+    _write(site / "rss-singleuser.pth", f"{base}\n", 0o644)
+    # Jupyter's config (which enables JupyterLab's server extension) and data (JupyterLab's
+    # app and kernels) are looked up under sys.prefix: the main venv's, as in an image
+    # that installed them.
+    for data in ("etc/jupyter", "share/jupyter"):
+        (spec.venv / data).parent.mkdir(parents=True, exist_ok=True)
+        (spec.venv / data).symlink_to(CONFIG.venv / data)
+    version = _overlay_check(spec, requirement)
+    _make_world_readable(spec.venv)
+    _overlay_marker(spec).write_text(_overlay_marker_text(spec))
+    _log(f"{spec.venv}: jupyterhub {version}")
 
 
 # --------------------------------------------------------------------------- singularity stand-in
@@ -1197,6 +1346,15 @@ def _image_key(src: Path, maker: Path, args: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def _image_args(name: str) -> list[str]:
+    """make-fake-image's arguments for the image NAME: its venv's bin first on PATH."""
+    return [str(CONFIG.image_file(name)), f"PATH={CONFIG.image_venvs[name]}/bin:{_SYS_PATH}"]
+
+
+def _image_key_file(name: str) -> Path:
+    return CONFIG.state_dir / f"image-{name}.key"
+
+
 def _install_singularity() -> None:
     src, maker = _stand_in_files()
     for d in (CONFIG.opt_dir, CONFIG.singularity.parent, CONFIG.image.parent):
@@ -1208,32 +1366,33 @@ def _install_singularity() -> None:
     if not CONFIG.apptainer.is_symlink() or os.readlink(CONFIG.apptainer) != "singularity":
         CONFIG.apptainer.unlink(missing_ok=True)
         CONFIG.apptainer.symlink_to("singularity")
-    _ensure_image(src, maker)
+    for name in CONFIG.image_venvs:
+        _ensure_image(src, maker, name)
 
 
-def _ensure_image(src: Path, maker: Path) -> None:
-    args = [str(CONFIG.image), f"PATH={CONFIG.image_path_env}"]
-    key_file = CONFIG.state_dir / "image.key"
+def _ensure_image(src: Path, maker: Path, name: str) -> None:
+    image, args, key_file = CONFIG.image_file(name), _image_args(name), _image_key_file(name)
     key = _image_key(src, maker, args)
-    if CONFIG.image.is_file() and key_file.exists() and key_file.read_text() == key:
+    if image.is_file() and key_file.exists() and key_file.read_text() == key:
         return
-    _log(f"making {CONFIG.image}")
-    CONFIG.image.unlink(missing_ok=True)
+    _log(f"making {image}")
+    image.unlink(missing_ok=True)
     _run([*_script_argv(maker), *args])
-    if not CONFIG.image.is_file():
-        raise ClusterError(f"{maker} did not create {CONFIG.image}")
-    os.chmod(CONFIG.image, 0o644)
+    if not image.is_file():
+        raise ClusterError(f"{maker} did not create {image}")
+    os.chmod(image, 0o644)
     key_file.write_text(key)
 
 
 def _singularity_ok() -> bool:
-    if not (CONFIG.singularity.is_file() and CONFIG.apptainer.is_symlink() and CONFIG.image.is_file()):
+    images_there = all(CONFIG.image_file(name).is_file() for name in CONFIG.image_venvs)
+    if not (CONFIG.singularity.is_file() and CONFIG.apptainer.is_symlink() and images_there):
         return False
     with contextlib.suppress(ClusterError, OSError):
         src, maker = _stand_in_files()
-        key = _image_key(src, maker, [str(CONFIG.image), f"PATH={CONFIG.image_path_env}"])
-        key_now = (CONFIG.state_dir / "image.key").read_text()
-        return CONFIG.singularity.read_bytes() == src.read_bytes() and key_now == key
+        keys = [(_image_key_file(name).read_text(), _image_key(src, maker, _image_args(name)))
+                for name in CONFIG.image_venvs]  # fmt: skip
+        return CONFIG.singularity.read_bytes() == src.read_bytes() and all(now == want for now, want in keys)
     return True  # sources gone: what is installed is all there is
 
 
@@ -1288,6 +1447,8 @@ def describe() -> Cluster:
         singularity=CONFIG.singularity,
         apptainer=CONFIG.apptainer,
         image=CONFIG.image,
+        images={name: CONFIG.image_file(name) for name in CONFIG.image_venvs},
+        image_versions={name: _installed_jupyterhub(venv) for name, venv in CONFIG.image_venvs.items()},
         venv=CONFIG.venv,
         known_hosts=CONFIG.known_hosts,
         state_dir=CONFIG.state_dir,
@@ -1328,8 +1489,15 @@ def problems(users: Iterable[UserRef] | None = None) -> list[str]:
     with contextlib.suppress(ClusterError):  # no jupyterhub here: cannot judge the venv
         if not _venv_ok():
             found.append(f"{CONFIG.venv}: single-user environment missing or outdated")
+        found += [
+            f"{o.venv}: single-user environment ({_overlay_requirement(o.step, _hub_version())}) "
+            "missing or outdated"
+            for o in CONFIG.overlays
+            if not _overlay_ok(o)
+        ]
     if not _singularity_ok():
-        found.append(f"{CONFIG.singularity} / {CONFIG.image}: missing or outdated")
+        images = ", ".join(CONFIG.image_file(name).name for name in CONFIG.image_venvs)
+        found.append(f"{CONFIG.singularity} / {CONFIG.image.parent}/{{{images}}}: missing or outdated")
     return found
 
 
@@ -1367,12 +1535,15 @@ def _build(users: Sequence[UserSpec]) -> None:
     for node in CONFIG.nodes:
         _start_node(node)
     _ensure_venv()
+    for overlay in CONFIG.overlays:
+        _ensure_overlay(overlay)
 
 
 def down(keep_venv: bool = False) -> None:
     """Remove everything up() created; safe when nothing or only part of it exists.
 
-    keep_venv: leave /opt/rss-singleuser (its pip install takes a minute) for a quick re-up.
+    keep_venv: leave the single-user venvs (/opt/rss-singleuser: its pip install takes a
+    minute; and the overlays beside it) for a quick re-up.
     """
     _require_root()
     with _locked():
@@ -1382,7 +1553,7 @@ def down(keep_venv: bool = False) -> None:
         names = {u.name for u in _recorded_users()} | {u.name for u in CONFIG.users}
         for name in sorted(names):
             _remove_user(name)
-        doomed = [CONFIG.opt_dir, CONFIG.state_dir] + ([] if keep_venv else [CONFIG.venv])
+        doomed = [CONFIG.opt_dir, CONFIG.state_dir] + ([] if keep_venv else list(CONFIG.venvs))
         for path in doomed:
             shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -1592,7 +1763,11 @@ def _summary(c: Cluster) -> str:
     lines += [f"user {u.name:<11} {u.key_type:<8} {u.private_key}  {u.shell}" for u in c.users]
     lines += [
         f"singularity      {c.singularity} (+ {c.apptainer.name})",
-        f"image            {c.image}",
+        *(
+            f"image            {path}  (jupyterhub {c.image_versions.get(name) or 'not installed'}"
+            f", {CONFIG.image_venvs[name]})"
+            for name, path in c.images.items()
+        ),
         f"single-user venv {c.venv}",
         f"known_hosts      {c.known_hosts}",
     ]
@@ -1606,7 +1781,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="build the cluster (verify it when it is up already)")
     down_parser = sub.add_parser("down", help="remove everything up() created")
-    down_parser.add_argument("--keep-venv", action="store_true", help=f"keep {CONFIG.venv}")
+    down_parser.add_argument(
+        "--keep-venv", action="store_true", help=f"keep {', '.join(map(str, CONFIG.venvs))}"
+    )
     sub.add_parser("status", help="exit 0 if the cluster is up and healthy")
     args = parser.parse_args(argv)
     try:

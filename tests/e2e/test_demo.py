@@ -67,6 +67,8 @@ def run_demo(*flags: str) -> tuple[str, str]:
 def test_demo_prints_url_and_login_serves_the_form_and_stops_on_ctrl_c(cluster):
     form, _ = run_demo()
     assert re.findall(r'<option value="([^"]+)"', form) == ["rss-node1", "rss-node2"]
+    # Two images: the Hub's JupyterHub and another minor version.
+    assert re.findall(r'name="image"[^>]*value="([^"]+)"', form) == ["jupyter", "jupyter-older"]
 
 
 def test_demo_with_slurm_offers_the_partitions_and_their_resources(cluster):
