@@ -18,7 +18,9 @@ Measured:
 - a storm of ``storm`` concurrent spawns: successes, and ``GET /hub/api/``
   response times sampled every 50 ms meanwhile;
 - certificate mode: the spawn latency with the nodes trusting a CA (deployed
-  by the admin command), and what making a login's key and certificate costs.
+  by the admin command), and what making a login's key and certificate costs;
+- the image's JupyterHub checked before each start (warm cache) against no
+  check: two Hubs at once, their spawns alternating.
 
 Prints one table (Markdown) and writes everything as JSON.
 """
@@ -378,6 +380,27 @@ def run_slurm(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict
         slurm_cluster.cancel_all()
 
 
+def run_image_check(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
+    """Spawn latency with the image's JupyterHub checked (warm cache) and without, side by side:
+    two Hubs up at once, their spawns alternating, so both see the same machine."""
+    nodes = [n.name for n in c.nodes]
+    images = f"c.RemoteSingularitySpawner.images = {[{'name': 'jupyter', 'path': str(c.image)}]!r}\n"
+    off = images + "c.RemoteSingularitySpawner.check_image_version = False\n"
+    with running(new_hub(c, workdir / "checked", 900, images)) as checked:
+        with running(new_hub(c, workdir / "unchecked", 950, off)) as unchecked:
+            # Fill each user's cache on each node: the warm case, every start but an image's first.
+            say("image check: a start per user and node to fill the version cache")
+            latencies(checked, plan(len(USERS) * len(nodes), "warm-", nodes))
+            say(f"image check: {s.spawns} spawns each, alternating with and without the check")
+            times: dict[str, list[float]] = {"checked": [], "unchecked": []}
+            pairs = zip(plan(s.spawns, "chk-", nodes), plan(s.spawns, "nochk-", nodes), strict=True)
+            for with_check, without in pairs:
+                for hub, server, key in ((checked, with_check, "checked"), (unchecked, without, "unchecked")):
+                    times[key].append(spawn_until_ready(hub, server))
+                    hub.stop_server(server.user, server.name, timeout=120)
+    return {key: {"spawn_s": t, "median_s": statistics.median(t)} for key, t in times.items()}
+
+
 def run_local(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
     singleuser = str(c.venv / "bin" / "jupyterhub-singleuser")
     out: dict = {}
@@ -413,10 +436,11 @@ def machine() -> dict:
     }
 
 
-def rows(s: Settings, ours: dict, local: dict, certs: dict, slurm: dict) -> list[dict]:
+def rows(s: Settings, ours: dict, local: dict, certs: dict, slurm: dict, image_check: dict) -> list[dict]:
     """The table: each measurement, its reference, the target and whether it is met."""
     lat, llat, clat, slat = ours["latency"], local["latency"], certs["latency"], slurm["latency"]
     slurm_overhead = slat["median_s"] - lat["median_s"]
+    check_overhead = image_check["checked"]["median_s"] - image_check["unchecked"]["median_s"]
     cert_overhead = clat["median_s"] - lat["median_s"]
     signing_ms = certs["signing"]["median_ms"]
     overhead = lat["median_s"] - llat["median_s"]
@@ -492,6 +516,14 @@ def rows(s: Settings, ours: dict, local: dict, certs: dict, slurm: dict) -> list
             "met": slurm_overhead <= 1.5,
         },
         {
+            "measure": f"spawn latency, image's JupyterHub checked (warm cache), median of {s.spawns} (s)",
+            "ours": f"{image_check['checked']['median_s']:.2f}",
+            "reference": f"unchecked {image_check['unchecked']['median_s']:.2f}; "
+            f"difference {check_overhead:+.3f}",
+            "target": "difference <= 0.05 s",
+            "met": check_overhead <= 0.05,
+        },
+        {
             "measure": f"Hub memory with {s.servers} servers (MiB)",
             "ours": f"{ours['rss_n_bytes'] / MIB:.1f}",
             "reference": f"none {ours['rss_none_bytes'] / MIB:.1f}; {per_server / MIB:+.2f} per server",
@@ -529,9 +561,10 @@ def run(settings: Settings, json_path: Path, command: str) -> dict:
         local = run_local(c, settings, workdir / "local", say)
         certs = run_certificates(c, settings, workdir / "certs", say)
         slurm = run_slurm(c, settings, workdir / "slurm", say)
+        image_check = run_image_check(c, settings, workdir / "images", say)
         shutil.rmtree(workdir, ignore_errors=True)
     info["load_average_at_end"] = os.getloadavg()
-    table_rows = rows(settings, ours, local, certs, slurm)
+    table_rows = rows(settings, ours, local, certs, slurm, image_check)
     results = {
         "command": command,
         "machine": info,
@@ -540,6 +573,7 @@ def run(settings: Settings, json_path: Path, command: str) -> dict:
         "local": local,
         "certificates": certs,
         "slurm": slurm,
+        "image_check": image_check,
         "table": table_rows,
     }
     report(results, json_path, table(table_rows))

@@ -39,7 +39,8 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
     measures = [row["measure"] for row in results["table"]]
     for words in ("spawn latency, median", "spawn latency, p95", "poll round", "Hub restart", "storm of",
                   "GET /hub/api/", "Hub memory", "spawn latency with certificates",
-                  "certificate per login", "spawn latency with placement slurm"):  # fmt: skip
+                  "certificate per login", "spawn latency with placement slurm",
+                  "image's JupyterHub checked"):  # fmt: skip
         assert any(words in m for m in measures), (words, measures)
         assert words in printed  # the printed table
     assert all(row["ours"] and row["reference"] for row in results["table"])
@@ -65,6 +66,9 @@ def test_quick_bench_reports_every_row(cluster, tmp_path):
     slurm = results["slurm"]
     assert len(slurm["latency"]["spawn_s"]) == settings["spawns"]
     assert all(0 < t < 180 for t in slurm["latency"]["spawn_s"])
+    for side in ("checked", "unchecked"):
+        times = results["image_check"][side]["spawn_s"]
+        assert len(times) == settings["spawns"] and all(0 < t < 180 for t in times)
 
 
 def test_quick_scale_bench_reports_every_row_for_48_users(cluster, tmp_path):

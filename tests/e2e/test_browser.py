@@ -2,7 +2,8 @@
 
 Headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no
 browser is downloaded) logs in, is refused a bad bind with the reason alone,
-picks a node and a bind in the form, starts,
+picks a node and a bind in the form (and, where several are offered, an
+image), starts,
 watches the spawn page's steps, reaches JupyterLab through the proxy and
 stops the server from the home page. On failure it saves a screenshot and
 names it in the failure.
@@ -17,6 +18,7 @@ import cluster as cluster_mod
 import pytest
 from conftest import nothing_left, servers_of, user_processes, wait_until
 from playwright.sync_api import sync_playwright  # the test extra; a missing one fails, not skips
+from test_images import images_hub  # noqa: F401 - a fixture
 from test_spawn import NODE2
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,13 +35,32 @@ def browser():
         browser.close()
 
 
-def start_and_stop(hub, page, user, node):
+def log_in(hub, page, user):
     page.goto(f"{hub.url}/hub/login")
     page.fill("#username_input", user)
     page.fill("#password_input", hub.password)
     page.click("#login_submit")
     page.wait_for_url(re.compile(r"/hub/(home|spawn)"))
 
+
+def in_a_page(browser, hub, user, tmp_path, steps):
+    """steps(page) in a new page; on failure a screenshot, named in the failure. The user's
+    server is stopped afterwards."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)
+    try:
+        steps(page)
+    except Exception as e:
+        shot = tmp_path / "browser-failure.png"
+        page.screenshot(path=str(shot), full_page=True)
+        raise AssertionError(f"{e}\nat {page.url}; screenshot: {shot}") from e
+    finally:
+        if hub.server_model(user) is not None:
+            hub.stop_server(user)
+
+
+def start_and_stop(hub, page, user, node):
+    log_in(hub, page, user)
     page.goto(f"{hub.url}/hub/spawn/{user}")
     choice = page.locator(f'#rss-host option[value="{node}"]').inner_text()
     assert "GiB free" in choice and "server" in choice, f"no node status in the form: {choice!r}"
@@ -81,14 +102,31 @@ def start_and_stop(hub, page, user, node):
 
 def test_a_user_starts_jupyterlab_on_a_chosen_node_and_stops_it(hub, browser, tmp_path):
     user, node = "rss-carol", NODE2
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(60_000)
-    try:
-        start_and_stop(hub, page, user, node)
-    except Exception as e:
-        shot = tmp_path / "browser-failure.png"
-        page.screenshot(path=str(shot), full_page=True)
-        raise AssertionError(f"{e}\nat {page.url}; screenshot: {shot}") from e
-    finally:
-        if hub.server_model(user) is not None:
-            hub.stop_server(user)
+    in_a_page(browser, hub, user, tmp_path, lambda page: start_and_stop(hub, page, user, node))
+
+
+def test_a_user_picks_an_image_in_the_form_and_reaches_jupyterlab(images_hub, browser, cluster, tmp_path):  # noqa: F811
+    user, node = "rss-carol", NODE2  # in group ml: offered all three images
+
+    def pick_and_start(page):
+        log_in(images_hub, page, user)
+        page.goto(f"{images_hub.url}/hub/spawn/{user}")
+        offered = page.locator("#rss-images .form-check")
+        assert offered.count() == 3
+        older = offered.nth(1).inner_text()
+        assert "Jupyter, older" in older and "starts with a warning" in older, older
+        assert page.is_checked("#rss-images input[value=jupyter]"), "the first image is the default"
+
+        page.check("#rss-images input[value=jupyter-older]")
+        page.select_option("#rss-host", node)
+        page.click("form button[type=submit]")
+        log = page.locator("#progress-log")
+        step = log.locator(".progress-log-event", has_text=f"starting image jupyter-older on {node}")
+        step.wait_for(state="attached")
+        page.wait_for_url(re.compile(rf"/user/{user}/(lab|tree)"), timeout=120_000)
+        page.wait_for_function("document.title.includes('JupyterLab')", timeout=90_000)
+        (server,) = servers_of(node, user)
+        assert f"{cluster_mod.CONFIG.image_venvs['jupyter-minor']}/bin/" in server["args"]
+
+    in_a_page(browser, images_hub, user, tmp_path, pick_and_start)
+    assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import cluster as cluster_mod
+import jupyterhub
 import pytest
 from conftest import make_hub, nothing_left, wait_until
 
@@ -184,3 +185,27 @@ def test_check_and_deploy_report_a_node_whose_sshd_is_stopped(cluster, node_wide
         assert not (node_wide[NODE2] / "scripts").exists()
     finally:
         cluster_mod.restart_sshd(NODE2)
+
+
+def test_check_lists_every_image_of_the_config_with_its_jupyterhub(cluster, tmp_path):
+    images = [{"name": name, "path": str(path)} for name, path in cluster.images.items()]
+    extra = f"c.RemoteSingularitySpawner.images = {images!r}\n"
+    config = make_hub(cluster, tmp_path / "hub", extra_config=extra).write_config()
+    code, out = invoke(cluster, "check", "--config", str(config))
+    assert code == 1, out  # the image of another major version: its servers would be refused
+    ours, versions = jupyterhub.__version__, cluster.image_versions
+    for node in cluster.nodes:
+        cells = " ".join(row(out, node.name))
+        assert "2/3 ok (SEE BELOW)" in cells and cells.endswith(" NO"), out
+        assert (
+            f"{node.name}: image jupyter ({cluster.images['jupyter']}): present, readable, "
+            f"JupyterHub {ours}, matches the Hub"
+        ) in out
+        assert (
+            f"{node.name}: image jupyter-minor ({cluster.images['jupyter-minor']}): present, readable, "
+            f"JupyterHub {versions['jupyter-minor']}, another minor version than the Hub's"
+        ) in out
+        assert (
+            f"{node.name}: image jupyter-major ({cluster.images['jupyter-major']}) carries JupyterHub "
+            f"{versions['jupyter-major']}, the Hub runs {ours}: install jupyterhub=={ours} in it"
+        ) in out

@@ -5,13 +5,17 @@ reached through the proxy, survives a poll and a Hub restart that keeps it
 (cleanup_servers False), and is stopped, leaving no process, no job and no
 certificate directory behind. With certificates the Hub runs as the
 unprivileged account of the certificate tests, for users whose homes hold no
-key. A new setting is one more parameter here.
+key. Every Hub offers two images (images): the Hub's JupyterHub and another
+minor version; the plain combinations start the first, the TLS ones the
+second, so each placement and login method starts each image. A new setting
+is one more parameter here.
 """
 
 from __future__ import annotations
 
 import time
 
+import cluster as cluster_mod
 import pytest
 import slurm_cluster
 from conftest import make_hub, nothing_left, servers_of, user_processes, wait_until
@@ -39,6 +43,14 @@ PLACEMENTS = ("ssh", "slurm")
 LOGINS = ("user-key", "certificate")
 TLS = (False, True)
 COMBINATIONS = [(p, login, tls) for p in PLACEMENTS for login in LOGINS for tls in TLS]
+IMAGE_OF_TLS = {False: "jupyter", True: "jupyter-minor"}  # by the cluster's image names
+
+
+def images_config(cluster) -> str:
+    images = [{"name": name, "path": str(cluster.images[name])} for name in IMAGE_OF_TLS.values()]
+    # The spawn request answers at once (202), and its progress is read from the start.
+    slow_spawn = 'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n'
+    return f"c.RemoteSingularitySpawner.images = {images!r}\n" + slow_spawn
 
 
 def combination_id(combination) -> str:
@@ -48,7 +60,7 @@ def combination_id(combination) -> str:
 
 def matrix_hub(cluster, root, placement, login, tls, offset, python, ca):
     """A Hub of this combination, keeping its servers across a restart."""
-    extra = f"c.Spawner.poll_interval = {POLL}\n"
+    extra = f"c.Spawner.poll_interval = {POLL}\n" + images_config(cluster)
     if placement == "slurm":
         extra += SLURM_CONFIG
     kwargs = {}
@@ -84,11 +96,15 @@ def test_a_named_server_lives_through_a_poll_a_restart_and_a_stop(
     hub.start()
     try:
         hub.ensure_user(user)
-        r = hub.spawn(user, "matrix", options=choice)
+        image = IMAGE_OF_TLS[tls]
+        r = hub.spawn(user, "matrix", options={**choice, "image": image})
         assert r.status_code in (201, 202), r.text
+        messages = [e["message"] for e in hub.progress_events(user, "matrix")]
         model = hub.wait_ready(user, "matrix")
         node = model["state"]["node"]
-        assert servers_of(node, user), user_processes(node, user)
+        assert f"starting image {image} on {node}" in messages and model["state"]["image"] == image
+        (server,) = servers_of(node, user)
+        assert f"{cluster_mod.CONFIG.image_venvs[image]}/bin/" in server["args"], "runs the chosen image"
         if placement == "slurm":
             (job,) = slurm_jobs(user)
             assert job["state"] == "RUNNING" and job["node"] == node
