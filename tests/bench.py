@@ -391,14 +391,20 @@ def run_image_check(c, s: Settings, workdir: Path, say: Callable[[str], None]) -
             # Fill each user's cache on each node: the warm case, every start but an image's first.
             say("image check: a start per user and node to fill the version cache")
             latencies(checked, plan(len(USERS) * len(nodes), "warm-", nodes))
-            say(f"image check: {s.spawns} spawns each, alternating with and without the check")
+            # Twice the spawns of the latency figure: the difference sought is far below the
+            # spread of a single spawn, and pairs taken back to back cancel the machine's drift.
+            count = 2 * s.spawns
+            say(f"image check: {count} spawns each, alternating with and without the check")
             times: dict[str, list[float]] = {"checked": [], "unchecked": []}
-            pairs = zip(plan(s.spawns, "chk-", nodes), plan(s.spawns, "nochk-", nodes), strict=True)
+            pairs = zip(plan(count, "chk-", nodes), plan(count, "nochk-", nodes), strict=True)
             for with_check, without in pairs:
                 for hub, server, key in ((checked, with_check, "checked"), (unchecked, without, "unchecked")):
                     times[key].append(spawn_until_ready(hub, server))
                     hub.stop_server(server.user, server.name, timeout=120)
-    return {key: {"spawn_s": t, "median_s": statistics.median(t)} for key, t in times.items()}
+    out: dict = {key: {"spawn_s": t, "median_s": statistics.median(t)} for key, t in times.items()}
+    differences = [a - b for a, b in zip(times["checked"], times["unchecked"], strict=True)]
+    out["paired_difference_median_s"] = statistics.median(differences)
+    return out
 
 
 def run_local(c, s: Settings, workdir: Path, say: Callable[[str], None]) -> dict:
@@ -516,10 +522,12 @@ def rows(s: Settings, ours: dict, local: dict, certs: dict, slurm: dict, image_c
             "met": slurm_overhead <= 1.5,
         },
         {
-            "measure": f"spawn latency, image's JupyterHub checked (warm cache), median of {s.spawns} (s)",
+            "measure": "spawn latency, image's JupyterHub checked (warm cache), "
+            f"median of {2 * s.spawns} (s)",
             "ours": f"{image_check['checked']['median_s']:.2f}",
-            "reference": f"unchecked {image_check['unchecked']['median_s']:.2f}; "
-            f"difference {check_overhead:+.3f}",
+            "reference": f"unchecked {image_check['unchecked']['median_s']:.2f}; difference "
+            f"{check_overhead:+.3f} (median of the pairs' differences "
+            f"{image_check['paired_difference_median_s']:+.3f})",
             "target": "difference <= 0.05 s",
             "met": check_overhead <= 0.05,
         },
