@@ -18,7 +18,7 @@ import cluster as cluster_mod
 import pytest
 from conftest import nothing_left, servers_of, user_processes, wait_until
 from playwright.sync_api import sync_playwright  # the test extra; a missing one fails, not skips
-from test_images import images_hub  # noqa: F401 - a fixture
+from test_image_choice import images_hub  # noqa: F401 - a fixture
 from test_spawn import NODE2
 
 CHROMIUM = "/usr/bin/chromium"
