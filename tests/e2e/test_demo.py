@@ -28,6 +28,9 @@ def run_demo(*flags: str) -> tuple[str, str]:
         stdin=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
+        # Ctrl-C as in a terminal, however this suite was started: a background job of a
+        # shell without job control inherits SIGINT ignored, and Python then ignores it too.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     try:
