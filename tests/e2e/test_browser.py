@@ -94,7 +94,8 @@ def start_and_stop(hub, page, user, node):
     mounts = cluster_mod.node_run(node, ["cat", f"/proc/{server[0]['pid']}/mounts"]).stdout
     assert " /mnt " in mounts, "the bind typed in the form reached the container"
 
-    page.goto(f"{hub.url}/hub/home")
+    # The stop button works once home.js, loaded after the page, has bound it.
+    page.goto(f"{hub.url}/hub/home", wait_until="networkidle")
     page.click("#stop")
     page.locator("#start", has_text="Start My Server").wait_for(state="visible", timeout=90_000)
     assert wait_until(lambda: nothing_left(node, user)), user_processes(node, user)
