@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 #
-# Make this node's sshd trust the Hub's SSH certificate authority (`invoke
-# deploy`), or say whether it does (`invoke check`). Run as root, fed on stdin
-# after common.sh (`bash -s -- ACTION ...`), which is how deploy.py runs it.
+# Make this node's sshd trust the Hub's SSH certificate authority, or stop
+# trusting one (`remote-singularity-spawner deploy`), or say whether it does
+# (`remote-singularity-spawner check`). Run as root, fed on stdin after
+# common.sh (`bash -s -- ACTION ...`), which is how deploy.py runs it.
 # Prints one JSON line: {"ca": STATE, "ca_file": FILE, "why": TEXT}
 #
 #   check --key LINE [--sshd-config FILE]
@@ -19,8 +20,17 @@
 #       --dry-run would do; "no" and why, nothing changed: FILE includes no
 #       drop-in directory (the line to add), `sshd -t` fails already, or
 #       TrustedUserCAKeys names a file of the site's (the line to add there).
-#       If a write or `sshd -t` fails on the way, what was there before is put
-#       back (the same files, or none) and the exit code is 10 (CANNOT_WRITE).
+#   untrust --key LINE [--sshd-config FILE] [--dry-run]
+#       Remove the key from remote-singularity-spawner_ca.pub beside FILE (the
+#       other keys stay, the drop-in too), then run `sshd -t`. No reload: sshd
+#       reads that file at each login, so the next certificate of that CA is
+#       refused. "not trusted": the key is not there, nothing changed;
+#       "untrusted": removed; "would untrust": what --dry-run would do; "no"
+#       and why, nothing changed: `sshd -t` fails already, or TrustedUserCAKeys
+#       names a file of the site's that holds the key (the line to remove).
+#
+# If a write or `sshd -t` fails on the way, what was there before is put back
+# (the same files, or none) and the exit code is 10 (CANNOT_WRITE).
 #
 # LINE: the CA's public key, "TYPE BASE64 [COMMENT]" (not a secret).
 # FILE: sshd's main config, /etc/ssh/sshd_config by default.
@@ -40,6 +50,7 @@ usage() {
   cat <<'USAGE'
 Usage: trust_ca.sh check --key LINE [--sshd-config FILE]
        trust_ca.sh install --key LINE [--sshd-config FILE] [--dry-run]
+       trust_ca.sh untrust --key LINE [--sshd-config FILE] [--dry-run]
 LINE: the CA's public key line; FILE: sshd's config (default /etc/ssh/sshd_config)
 USAGE
 }
@@ -67,6 +78,20 @@ key_in() {
     type=""
   done <"$1"
   return 1
+}
+
+#######################################
+# Print FILE's lines but those that hold KEY (the same type and base64), as
+# they are, each with a newline.
+# Arguments: file, key line
+#######################################
+lines_without() {
+  local line type blob want_type want_blob
+  read -r want_type want_blob _ <<<"$2"
+  while IFS= read -r line || [[ -n "${line}" ]]; do
+    read -r type blob _ <<<"${line}" || true
+    [[ "${type:-}" == "${want_type}" && "${blob:-}" == "${want_blob}" ]] || printf '%s\n' "${line}"
+  done <"$1"
 }
 
 #######################################
@@ -216,17 +241,29 @@ check_ca() {
   fi
 }
 
+#######################################
+# Before a change: set CA_KEYS to the file sshd takes its TrustedUserCAKeys
+# from ("none" if none) for CONFIG. If `sshd -t` or `sshd -T` fails, answer
+# "no" (sshd is not touched) and fail.
+# Arguments: config
+#######################################
+sshd_ca_keys() {
+  local err
+  if ! err=$("${SSHD}" -t -f "$1" 2>&1); then
+    answer no "" "sshd -t -f $1 fails already, so sshd was not touched: $(one_line "${err}")"
+    return 1
+  fi
+  if ! CA_KEYS=$(sshd_setting "$1" trustedusercakeys); then
+    answer no "" "sshd -T -f $1 fails, so sshd was not touched"
+    return 1
+  fi
+}
+
 install_ca() {
   local config="$1" key="$2" dry_run="$3" err found dir drop_in="" text="" ca_text=""
   local -a changes=() did=()
-  if ! err=$("${SSHD}" -t -f "${config}" 2>&1); then
-    answer no "" "sshd -t -f ${config} fails already, so sshd was not touched: $(one_line "${err}")"
-    return 0
-  fi
-  if ! found=$(sshd_setting "${config}" trustedusercakeys); then
-    answer no "" "sshd -T -f ${config} fails, so sshd was not touched"
-    return 0
-  fi
+  sshd_ca_keys "${config}" || return 0
+  found="${CA_KEYS}"
   if [[ "${found}" != none && "${found}" != "${CA_FILE}" ]]; then
     if key_in "${found}" "${key}"; then
       answer yes "${found}" ""
@@ -292,6 +329,34 @@ install_ca() {
   fi
 }
 
+untrust_ca() {
+  local config="$1" key="$2" dry_run="$3" err found text how
+  sshd_ca_keys "${config}" || return 0
+  found="${CA_KEYS}"
+  if [[ "${found}" != none && "${found}" != "${CA_FILE}" ]] && key_in "${found}" "${key}"; then
+    answer no "${found}" "sshd takes its CA keys from ${found} (TrustedUserCAKeys), not from ${CA_FILE}: remove this line from ${found}: ${key}"
+    return 0
+  fi
+  if ! key_in "${CA_FILE}" "${key}"; then
+    answer "not trusted" "${CA_FILE}" ""
+    return 0
+  fi
+  if [[ -n "${dry_run}" ]]; then
+    answer "would untrust" "${CA_FILE}" "would remove the key from ${CA_FILE} and check with sshd -t"
+    return 0
+  fi
+  text=$(lines_without "${CA_FILE}" "${key}")
+  trap undo EXIT
+  put_file "${CA_FILE}" "${text:+${text}$'\n'}"
+  if ! err=$("${SSHD}" -t -f "${config}" 2>&1); then
+    fail "sshd -t -f ${config} fails with the change: $(one_line "${err}")"
+  fi
+  commit
+  how="sshd reads it at each login: no reload needed"
+  [[ "${found}" == "${CA_FILE}" ]] || how="sshd's TrustedUserCAKeys is ${found}, not this file"
+  answer untrusted "${CA_FILE}" "removed the key from ${CA_FILE} (${how})"
+}
+
 # "a", "a and b": what was (or would be) changed.
 join_words() {
   local IFS=$'\x1f'
@@ -312,7 +377,7 @@ main() {
     esac
   done
   [[ "${action}" != -h && "${action}" != --help ]] || { usage; exit 0; }
-  if ((EUID != 0)) && [[ "${action}" == check || "${action}" == install ]]; then
+  if ((EUID != 0)) && [[ "${action}" =~ ^(check|install|untrust)$ ]]; then
     answer no "" "only root can ask sshd (sshd -T) or change its config: log in as root (--user root)"
     return 0
   fi
@@ -320,10 +385,11 @@ main() {
   [[ "${config}" == /* && -f "${config}" ]] || die "${RSS_EXIT_BAD_INPUT}" "no sshd config at '${config}'"
   SSHD=$(command -v sshd) || SSHD=/usr/sbin/sshd
   CA_FILE="${config%/*}/${CA_FILE_NAME}"
-  CREATED=() REPLACED=() MADE_DIRS=() STARTED=()
+  CREATED=() REPLACED=() MADE_DIRS=() STARTED=() CA_KEYS=""
   case "${action}" in
     check) check_ca "${config}" "${key}" ;;
     install) install_ca "${config}" "${key}" "${dry_run}" ;;
+    untrust) untrust_ca "${config}" "${key}" "${dry_run}" ;;
     *) die "${RSS_EXIT_USAGE}" "unknown action '${action}' (see --help)" ;;
   esac
 }

@@ -5,15 +5,17 @@ are refused, as in the spawner): can we log in, is the runtime there and
 which version, is the image there and readable, is this version of the
 scripts installed in the node-wide directory the spawner prefers over a
 per-user upload (``node_scripts_dir/<version>``, root-owned), and, given the
-Hub's SSH CA, does sshd trust it. ``deploy`` installs what is missing; both
-print one table. Everything here blocks; nodes are inspected in parallel threads.
+Hub's SSH CA, does sshd trust it. ``deploy`` installs what is missing (and
+removes a CA the admin no longer trusts). Each node's findings go into its
+report (report.py), which both print as one table, or as JSON.
+Everything here blocks; nodes are inspected in parallel threads.
 What to check comes from settings.py; with placement slurm the hosts are the
 submit host (the Slurm client instead of the runtime and image) and the
 nodes its sinfo lists, each with its role (slurm_hosts.py).
 
 What runs on the node are the scripts being installed (``scripts_dir``, or
 the packaged ones): ``check_node.sh`` to inspect, ``put_files.sh`` to
-install and ``trust_ca.sh`` for the CA, fed on stdin, so the check needs
+install and ``trust_ca.sh`` for the CAs, fed on stdin, so the check needs
 nothing on the node. The values from the config travel as argv built with
 :func:`shlex.join`, never spliced into a shell string. Depends on the SSH
 layer (remote/), not on the spawner.
@@ -25,9 +27,8 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import fabric
 import jupyterhub
@@ -37,6 +38,8 @@ from .. import remote
 from ..images import shorthand_name
 from ..placement.nodes import Node
 from . import slurm_hosts
+from .report import RUN_DEPLOY, NodeReport
+from .report import format_table as format_table  # where bench.py and the tests found it
 from .settings import DeployError as DeployError  # the settings, where command.py and the tests found them
 from .settings import Settings
 from .settings import make_settings as make_settings
@@ -49,27 +52,6 @@ log = logging.getLogger(__name__)
 # The oldest runtimes the scripts are written for (flags, process layout).
 MIN_VERSIONS = {"apptainer": (1, 0), "singularity": (3, 7)}
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-@dataclass
-class NodeReport:
-    """What was found on one node (and done there), as the table shows it."""
-
-    node: Node
-    ssh: str = "-"
-    runtime: str = "-"
-    image: str = "-"
-    scripts: str = "-"
-    ca: str = "-"
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    role: str = COMPUTE  # with placement slurm also "submit" or "submit, compute"
-    slurm: str = "-"  # the Slurm client, on a submit host
-    images: list[str] = field(default_factory=list)  # one line per image: found, JupyterHub, match
-
-    @property
-    def fit(self) -> bool:
-        return not self.problems
 
 
 def runtime_verdict(path: str, version_line: str, exe: str) -> tuple[str, str]:
@@ -88,6 +70,14 @@ def runtime_verdict(path: str, version_line: str, exe: str) -> tuple[str, str]:
         need = ".".join(map(str, MIN_VERSIONS[name]))
         return f"{shown} (TOO OLD)", f"{flavour} {words[-1]} is older than {name} {need}"
     return shown, ""
+
+
+def load_bundle(scripts_dir: str) -> remote.ScriptBundle:
+    """The scripts to run and install, from *scripts_dir*; DeployError naming a missing one."""
+    try:
+        return remote.ScriptBundle.load(scripts_dir)
+    except OSError as e:
+        raise DeployError(f"scripts_dir {scripts_dir}: cannot read {e.filename}: {e.strerror}") from None
 
 
 def scripts_state(probe: dict, bundle: remote.ScriptBundle) -> str:
@@ -117,10 +107,7 @@ def judge(report: NodeReport, probe: dict, settings: Settings, bundle: remote.Sc
     report.scripts = {"missing": "missing", "current": "current"}.get(state, state.upper())
     if state == "different":
         # The spawner would run these (root put them there): they must be right.
-        report.problems.append(
-            f"{where} holds other files than version {bundle.version}: "
-            "run invoke deploy or remote-singularity-spawner deploy"
-        )
+        report.problems.append(f"{where} holds other files than version {bundle.version}: {RUN_DEPLOY}")
     elif state == "unsafe":
         report.notes.append(
             f"{where} not used by the spawner (it uploads per user): {probe.get('scripts_problem')}"
@@ -226,13 +213,31 @@ _CA_SHOWN = {"yes": "yes", "trusted": "TRUSTED", "would trust": "would trust", "
              "not reloaded": "NOT RELOADED"}  # fmt: skip
 
 
+# trust_ca.sh untrust's answer -> the UNTRUST column; "no" (the key is still there) makes the node unfit.
+_UNTRUST_SHOWN = {"not trusted": "not trusted", "untrusted": "REMOVED", "would untrust": "would remove",
+                  "no": "NOT REMOVED"}  # fmt: skip
+
+
 def trust_ca(conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBundle, action: str) -> dict:
     """Run the bundle's trust_ca.sh *action* (check, install, dry-run) on the node; its JSON reply."""
     args = ["check"] if action == "check" else ["install", *(["--dry-run"] if action == "dry-run" else [])]
     args += ["--key", settings.ca_key, "--sshd-config", settings.sshd_config]
+    return _ask_trust_ca_sh(conn, bundle, args, _CA_SHOWN)
+
+
+def untrust_ca(
+    conn: fabric.Connection, settings: Settings, bundle: remote.ScriptBundle, dry_run: bool
+) -> dict:
+    """Run the bundle's trust_ca.sh untrust for settings.untrust_key on the node; its JSON reply."""
+    args = ["untrust", *(["--dry-run"] if dry_run else [])]
+    args += ["--key", settings.untrust_key, "--sshd-config", settings.sshd_config]
+    return _ask_trust_ca_sh(conn, bundle, args, _UNTRUST_SHOWN)
+
+
+def _ask_trust_ca_sh(conn: fabric.Connection, bundle: remote.ScriptBundle, args: list[str], states) -> dict:
     reply = remote.run_command(conn, remote.command_line(None, args), bundle.fed_on_stdin("trust_ca.sh"))
     # CANNOT_WRITE: a change failed and what was there is back; the reply says why.
-    if reply.exit_code not in (0, remote.ExitCode.CANNOT_WRITE) or reply.data.get("ca") not in _CA_SHOWN:
+    if reply.exit_code not in (0, remote.ExitCode.CANNOT_WRITE) or reply.data.get("ca") not in states:
         raise remote.RemoteError(f"trust_ca.sh failed (exit code {reply.exit_code}): {reply.stderr}")
     return reply.data
 
@@ -243,10 +248,20 @@ def judge_ca(report: NodeReport, reply: dict, action: str) -> None:
     report.ca = _CA_SHOWN[state]
     if state in ("no", "not reloaded"):
         fixed_by_deploy = action == "check" and "fails" not in why  # not a broken sshd config
-        hint = ": run invoke deploy or remote-singularity-spawner deploy" if fixed_by_deploy else ""
+        hint = f": {RUN_DEPLOY}" if fixed_by_deploy else ""
         report.problems.append(f"sshd does not trust the CA: {why}{hint}")
     elif why:
         report.notes.append(f"CA: {why}")
+
+
+def judge_untrust(report: NodeReport, reply: dict) -> None:
+    """Fill the UNTRUST column of *report* from trust_ca.sh untrust's reply (see _UNTRUST_SHOWN)."""
+    state, why = reply["ca"], reply.get("why", "")
+    report.untrust = _UNTRUST_SHOWN[state]
+    if state == "no":
+        report.problems.append(f"sshd still trusts the CA to untrust: {why}")
+    elif why:
+        report.notes.append(f"untrust CA: {why}")
 
 
 Connector = Callable[[Node], fabric.Connection]
@@ -262,8 +277,8 @@ def inspect_node(
     dry_run: bool = False,
     role: str = COMPUTE,
 ) -> NodeReport:
-    """Check one node for its *role* and, with *change*, install the scripts (and trust the CA)
-    there. Never raises."""
+    """Check one node for its *role* and, with *change*, install the scripts (and trust the CA,
+    and untrust the CA to untrust) there. Never raises."""
     report = NodeReport(node, role=role)
     try:
         conn = connect(node)
@@ -293,7 +308,7 @@ def inspect_node(
             report.scripts = "would install" if state == "missing" else "would replace"
         elif change and fixable:
             install(conn, settings, bundle, state)
-            report.problems = [p for p in report.problems if "run invoke deploy" not in p]
+            report.problems = [p for p in report.problems if RUN_DEPLOY not in p]
             report.notes.clear()
             probe = probe_node(conn, settings, bundle, role)
             after = judge(NodeReport(node, role=role), probe, settings, bundle)
@@ -306,6 +321,8 @@ def inspect_node(
         if settings.ca_key:
             action = "dry-run" if change and dry_run else "install" if change else "check"
             judge_ca(report, trust_ca(conn, settings, bundle, action), action)
+        if change and settings.untrust_key:
+            judge_untrust(report, untrust_ca(conn, settings, bundle, dry_run))
     except (OSError, EOFError, paramiko.SSHException, remote.RemoteError) as e:
         report.problems.append(f"on the node: {e or type(e).__name__}")
     finally:
@@ -327,7 +344,7 @@ def run(
     With a submit host (placement slurm), the nodes are it and the nodes its sinfo lists
     (slurm_hosts.py); what kept them from being listed goes to its report.
     """
-    bundle = remote.ScriptBundle.load(settings.scripts_dir)
+    bundle = load_bundle(settings.scripts_dir)
 
     def connect(node: Node) -> fabric.Connection:
         target = remote.Target(
@@ -358,33 +375,6 @@ def run(
     if unlisted:
         reports[0].problems += unlisted  # the submit host's
     return reports, bundle
-
-
-def format_table(reports: Iterable[NodeReport]) -> str:
-    """The reports as an aligned table, then why each unfit node is unfit.
-
-    ROLE and SLURM columns only when a host has another role than compute (placement slurm).
-    """
-    reports = list(reports)
-    roles = any(r.role != COMPUTE for r in reports)
-    columns = ("NODE", "ROLE", "SSH", "SLURM", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "FIT")
-    shown = [i for i, name in enumerate(columns) if roles or name not in ("ROLE", "SLURM")]
-    rows = [columns] + [
-        (
-            f"{r.node.label} ({r.node.address})" if r.node.label != r.node.address else r.node.label,
-            r.role, r.ssh, r.slurm, r.runtime, r.image, r.scripts, r.ca, "yes" if r.fit else "NO",
-        )
-        for r in reports
-    ]  # fmt: skip
-    rows = [[row[i] for i in shown] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(shown))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    for r in reports:
-        lines += [f"{r.node.label}: {p}" for p in r.problems]
-        lines += [f"{r.node.label}: note: {n}" for n in r.notes]
-    for r in reports:
-        lines += [f"{r.node.label}: {line}" for line in r.images]
-    return "\n".join(lines)
 
 
 def default_key_files() -> list[str]:

@@ -51,6 +51,8 @@ class Settings:
     sshd_config: str = DEFAULT_SSHD_CONFIG
     submit_host: Node | None = None  # placement slurm: the hosts are it and the nodes its sinfo lists
     images: tuple[tuple[str, str], ...] = ()  # (name, path) of every image the spawner offers
+    untrust_key: str = ""  # deploy --untrust-ca: a CA's public key line to remove; "" for none
+    untrust_source: str = ""  # the file it came from
 
 
 def images_to_check(config: dict, image: str) -> tuple[list[tuple[str, str]], list[str]]:
@@ -120,10 +122,12 @@ def make_settings(
     known_hosts: Sequence[str] = (),
     ca: tuple[str, str] = ("", ""),
     sshd_config: str = "",
+    untrust: tuple[str, str] = ("", ""),
 ) -> tuple[Settings, list[str]]:
     """Merge the Hub config (if any) with the command line, which wins; validate.
 
-    *ca*: the CA's public key line and where it came from (admin.ca_public_key).
+    *ca*: the CA's public key line and where it came from (admin.ca_public_key);
+    *untrust*: the same for a CA whose key is to be removed (deploy --untrust-ca).
     ``placement = "slurm"`` in the config and no *hosts*: the settings name the
     submit host, whose sinfo lists the rest.
 
@@ -153,6 +157,11 @@ def make_settings(
     sshd_config = sshd_config or DEFAULT_SSHD_CONFIG
     if not _SAFE_PATH_RE.fullmatch(sshd_config) or "/../" in f"{sshd_config}/":
         raise DeployError(f"--sshd-config {sshd_config!r} must be an absolute path of plain characters")
+    if untrust[0] and ca[0] and untrust[0].split()[:2] == ca[0].split()[:2]:
+        raise DeployError(
+            f"--untrust-ca {untrust[1]} is the CA to trust ({ca[1]}): "
+            "give another --trust-ca or ssh_ca_key_file, or no --untrust-ca"
+        )
     # Templates ({home}, {login}) name the users' files: not the admin's business here.
     config_known = [p for p in config.get("known_hosts_files", []) if "{" not in p]
     default_known = ["/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")]
@@ -169,5 +178,7 @@ def make_settings(
         ca_source=ca[1],
         sshd_config=sshd_config,
         submit_host=submit,
+        untrust_key=untrust[0],
+        untrust_source=untrust[1],
     )
     return settings, warnings

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
-# trust_ca.sh: make sshd trust the Hub's CA through a drop-in, checked by the
-# real `sshd -t` on a config in a temporary directory (as root).
+# trust_ca.sh: make sshd trust the Hub's CA through a drop-in, or stop trusting
+# one, checked by the real `sshd -t` on a config in a temporary directory (as root).
 # SC2154: bats' `run --separate-stderr` assigns stderr.
 # shellcheck disable=SC2154
 
@@ -38,6 +38,29 @@ write_config() {
 # Run trust_ca.sh as deploy.py does: fed on stdin after common.sh.
 trust_ca() {
   cat "${SCRIPTS}/common.sh" "${SCRIPTS}/trust_ca.sh" | bash -s -- "$@"
+}
+
+# Start sshd on the config, on a free loopback port (PORT), in the foreground (-D) so
+# that it is this test's job and ended in teardown; wait until it wrote its PidFile.
+start_sshd() {
+  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  write_config "Include ${ETC}/sshd_config.d/*.conf"
+  /usr/sbin/sshd -D -f "${CONFIG}" -E "${BATS_TEST_TMPDIR}/sshd.log" &
+  SSHD_PID=$!
+  local tries=0
+  track_pid "${SSHD_PID}"
+  until [[ "$(cat "${ETC}/sshd.pid" 2>/dev/null)" == "${SSHD_PID}" ]] || ((tries++ >= 50)); do sleep 0.1; done
+  [ "$(<"${ETC}/sshd.pid")" == "${SSHD_PID}" ]
+}
+
+# Log in to that sshd as root with a fresh key and a certificate signed by the CA at PATH
+# (root's authorized_keys are off in every config here: only a certificate can do).
+cert_login() {
+  local user="${BATS_TEST_TMPDIR}/user-$RANDOM"
+  ssh-keygen -q -t ed25519 -N '' -f "${user}"
+  ssh-keygen -q -s "$1" -I "test ${1##*/}" -n root -V -5m:+1h "${user}.pub"
+  ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+    -o IdentitiesOnly=yes -i "${user}" -p "${PORT}" root@127.0.0.1 true
 }
 
 # Everything under the config's directory: inode, owner, mode, and for files mtime and content.
@@ -151,6 +174,9 @@ STUB
   [ "$(snapshot)" == "${before}" ]
   run -0 trust_ca check --key "${KEY}" --sshd-config "${CONFIG}"
   [[ "${output}" == *'"ca": "no"'*"sshd -T -f ${CONFIG} fails: "*"Nonsense"* ]]
+  run -0 trust_ca untrust --key "${KEY}" --sshd-config "${CONFIG}"
+  [[ "${output}" == *'"ca": "no"'*"fails already, so sshd was not touched: "*"Bad configuration option: Nonsense"* ]]
+  [ "$(snapshot)" == "${before}" ]
 }
 
 @test "TrustedUserCAKeys of the site's own: the line to add there, or yes if it is there" {
@@ -166,14 +192,8 @@ STUB
 }
 
 @test "a running sshd is reloaded (SIGHUP, the same PID), and not when nothing changed" {
-  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  write_config "Include ${ETC}/sshd_config.d/*.conf"
-  # In the foreground (-D), so that it is this test's job and ended in teardown.
-  /usr/sbin/sshd -D -f "${CONFIG}" -E "${BATS_TEST_TMPDIR}/sshd.log" &
-  local pid=$! tries=0
-  track_pid "${pid}"
-  until [[ "$(cat "${ETC}/sshd.pid" 2>/dev/null)" == "${pid}" ]] || ((tries++ >= 50)); do sleep 0.1; done
-  [ "$(<"${ETC}/sshd.pid")" == "${pid}" ]
+  start_sshd
+  local pid="${SSHD_PID}"
   run -0 trust_ca install --key "${KEY}" --sshd-config "${CONFIG}"
   [[ "${output}" == *"\"ca\": \"trusted\""*"reloaded sshd (SIGHUP to sshd (PID ${pid}))"* ]]
   alive "${pid}"
@@ -183,6 +203,67 @@ STUB
   [ "$(grep -c 'Received SIGHUP' "${BATS_TEST_TMPDIR}/sshd.log")" == 1 ]
 }
 
+@test "untrust: the key goes at once, without a reload; the other keys and the drop-in stay" {
+  start_sshd
+  trust_ca install --key "${KEY}" --sshd-config "${CONFIG}" >/dev/null
+  trust_ca install --key "${KEY2}" --sshd-config "${CONFIG}" >/dev/null
+  cert_login "${BATS_TEST_TMPDIR}/ca"
+  cert_login "${BATS_TEST_TMPDIR}/ca2"
+  local reloads drop_in
+  reloads=$(grep -c 'Received SIGHUP' "${BATS_TEST_TMPDIR}/sshd.log")
+  drop_in=$(stat -c '%i %.9Y' "${DROP_IN}")
+  # Another comment on the same key: still that key.
+  run -0 trust_ca untrust --key "${KEY% *} another comment" --sshd-config "${CONFIG}"
+  [ "${output}" == "{\"ca\": \"untrusted\", \"ca_file\": \"${CA_FILE}\", \"why\": \"removed the key from ${CA_FILE} (sshd reads it at each login: no reload needed)\"}" ]
+  [ "$(<"${CA_FILE}")" == "${KEY2}" ]
+  [ "$(stat -c '%u %a' "${CA_FILE}")" == "0 644" ]
+  [ "$(stat -c '%i %.9Y' "${DROP_IN}")" == "${drop_in}" ]
+  [ -z "$(find "${ETC}" -name '.*.rss-*')" ]
+  run ! cert_login "${BATS_TEST_TMPDIR}/ca"
+  cert_login "${BATS_TEST_TMPDIR}/ca2"
+  alive "${SSHD_PID}"
+  [ "$(grep -c 'Received SIGHUP' "${BATS_TEST_TMPDIR}/sshd.log")" == "${reloads}" ]
+  run -0 trust_ca check --key "${KEY}" --sshd-config "${CONFIG}"
+  [[ "${output}" == *'"ca": "no"'*"the CA key is not in ${CA_FILE}"* ]]
+}
+
+@test "untrust: a key not trusted changes nothing; the dry run says what it would do; the last key" {
+  local before
+  before=$(snapshot)
+  run -0 trust_ca untrust --key "${KEY}" --sshd-config "${CONFIG}"
+  [ "${output}" == "{\"ca\": \"not trusted\", \"ca_file\": \"${CA_FILE}\", \"why\": \"\"}" ]
+  [ "$(snapshot)" == "${before}" ]
+  trust_ca install --key "${KEY}" --sshd-config "${CONFIG}" >/dev/null
+  before=$(snapshot)
+  run -0 trust_ca untrust --key "${KEY2}" --sshd-config "${CONFIG}"
+  [[ "${output}" == *'"ca": "not trusted"'* ]]
+  run -0 trust_ca untrust --key "${KEY}" --sshd-config "${CONFIG}" --dry-run
+  [[ "${output}" == *'"ca": "would untrust"'*"would remove the key from ${CA_FILE} and check with sshd -t"* ]]
+  [ "$(snapshot)" == "${before}" ]
+  # The last key: an empty file, which sshd reads as no CA at all.
+  run -0 trust_ca untrust --key "${KEY}" --sshd-config "${CONFIG}"
+  [[ "${output}" == *'"ca": "untrusted"'* ]]
+  [ -f "${CA_FILE}" ] && [ ! -s "${CA_FILE}" ]
+  /usr/sbin/sshd -t -f "${CONFIG}"
+}
+
+@test "untrust: a key in the site's own TrustedUserCAKeys is the site's to remove: the line is said" {
+  local site="${ETC}/site_ca.pub"
+  write_config "TrustedUserCAKeys ${site}"$'\n'"Include ${ETC}/sshd_config.d/*.conf"
+  printf '%s\n' "${KEY}" >"${site}"
+  local before
+  before=$(snapshot)
+  run -0 trust_ca untrust --key "${KEY}" --sshd-config "${CONFIG}"
+  [[ "${output}" == *'"ca": "no"'*"sshd takes its CA keys from ${site} (TrustedUserCAKeys), not from ${CA_FILE}: remove this line from ${site}: ${KEY}\""* ]]
+  [ "$(snapshot)" == "${before}" ]
+  # Our file, not in use there, is still cleaned up.
+  printf '%s\n' "${KEY2}" >"${site}"
+  printf '%s\n' "${KEY}" >"${CA_FILE}"
+  run -0 trust_ca untrust --key "${KEY}" --sshd-config "${CONFIG}"
+  [[ "${output}" == *'"ca": "untrusted"'*"(sshd's TrustedUserCAKeys is ${site}, not this file)"* ]]
+  [ ! -s "${CA_FILE}" ]
+}
+
 @test "bad input: not a public key line, no config, an unknown action; not root" {
   run -7 --separate-stderr trust_ca check --key "ssh-ed25519 AAAA!x" --sshd-config "${CONFIG}"
   [[ "${stderr}" == *"--key needs one OpenSSH public key line"* ]]
@@ -190,9 +271,12 @@ STUB
   [[ "${stderr}" == *"no sshd config at '${ETC}/none'"* ]]
   run -64 --separate-stderr trust_ca remove --key "${KEY}" --sshd-config "${CONFIG}"
   [[ "${stderr}" == *"unknown action 'remove'"* ]]
-  run -0 setpriv --reuid=65534 --regid=65534 --clear-groups \
-    bash -c "cat ${SCRIPTS}/common.sh ${SCRIPTS}/trust_ca.sh | bash -s -- install --key '${KEY}'"
-  [[ "${output}" == *'"ca": "no"'*"only root can ask sshd (sshd -T) or change its config"* ]]
+  local action
+  for action in install untrust; do
+    run -0 setpriv --reuid=65534 --regid=65534 --clear-groups \
+      bash -c "cat ${SCRIPTS}/common.sh ${SCRIPTS}/trust_ca.sh | bash -s -- ${action} --key '${KEY}'"
+    [[ "${output}" == *'"ca": "no"'*"only root can ask sshd (sshd -T) or change its config"* ]]
+  done
   run -0 trust_ca --help
-  [[ "${output}" == *"Usage: trust_ca.sh check --key LINE"* ]]
+  [[ "${output}" == *"Usage: trust_ca.sh check --key LINE"*"trust_ca.sh untrust --key LINE"* ]]
 }

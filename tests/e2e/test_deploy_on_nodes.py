@@ -1,4 +1,9 @@
-"""invoke check / invoke deploy against the test cluster, then a spawn that uses what was deployed."""
+"""check / deploy against the test cluster, then a spawn that uses what was deployed.
+
+Most tests run them as `invoke check|deploy` (the clone's tasks), some as the console
+script `remote-singularity-spawner` that pip installed: the same tasks behind another
+command line (spawner/admin/cli.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import cluster as cluster_mod
@@ -19,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE1, NODE2 = "rss-node1", "rss-node2"
 DOWN = "rss-node9:10.213.47.19"  # in the cluster's range, no node there
 VERSION = remote.ScriptBundle.load(remote.packaged_scripts_dir()).version
+# Where pip put the console script for this Python (`invoke test` installs the package first).
+ADMIN_COMMAND = Path(sysconfig.get_path("scripts")) / "remote-singularity-spawner"
 
 
 @pytest.fixture
@@ -36,17 +44,36 @@ def node_wide(cluster):
     clean()
 
 
+@pytest.fixture
+def etc_ssh(cluster):
+    """Each node's /etc/ssh as the host sees it, as up() made it (no CA trusted); so again after."""
+    cluster_mod.untrust_ca()
+    yield {n.name: n.etc_ssh for n in cluster.nodes}
+    cluster_mod.untrust_ca()
+
+
 def invoke(cluster, task, *args, hosts=None, known_hosts=None):
-    """Run `invoke TASK` as an admin would (root's key, the cluster's known_hosts).
+    """Run `invoke TASK` in the clone as an admin would (root's key, the cluster's known_hosts).
 
     Without --config among *args*, the nodes are *hosts* (default: all) and
-    the runtime is the cluster's.
+    the runtime is the cluster's. (exit code, output)
     """
+    command = [sys.executable, "-m", "invoke", "-r", str(ROOT), task]
+    return _run_admin(command, cluster, args, hosts, known_hosts)
+
+
+def admin(cluster, task, *args, hosts=None, known_hosts=None):
+    """Run `remote-singularity-spawner TASK`, the console script, as invoke() runs the task."""
+    assert ADMIN_COMMAND.exists(), f"no {ADMIN_COMMAND}: pip install the package first (invoke test does)"
+    return _run_admin([str(ADMIN_COMMAND), task], cluster, args, hosts, known_hosts)
+
+
+def _run_admin(command, cluster, args, hosts, known_hosts):
     if "--config" not in args:
         hosts = hosts or ",".join(f"{n.name}:{n.ip}" for n in cluster.nodes)
         args = ("--hosts", hosts, "--exe", str(cluster.singularity), *args)
     argv = [
-        sys.executable, "-m", "invoke", "-r", str(ROOT), task,
+        *command,
         "--user", "root",
         "--key", str(cluster.root_key),
         "--known-hosts", str(known_hosts or cluster.known_hosts),
@@ -55,6 +82,20 @@ def invoke(cluster, task, *args, hosts=None, known_hosts=None):
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def make_ca(path, comment):
+    """A CA key pair at *path* (and *path*.pub), as ssh-keygen makes it."""
+    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
+    subprocess.run(argv, check=True)
+    return path
+
+
+def sshd_state(cluster, node: str) -> tuple[str, int]:
+    """The main sshd's PID (inside the node) and how often it was reloaded (SIGHUP)."""
+    n = cluster.node(node)
+    reloads = n.sshd_log.read_text(errors="replace").count("Received SIGHUP")
+    return n.sshd_pid_file.read_text().strip(), reloads
 
 
 def answers(ip):
@@ -72,7 +113,7 @@ def row(output, node):
 
 
 def snapshot(sources):
-    """Every path under the node-wide directories with its inode, owner, mode and mtime."""
+    """Every path under the directories (node-wide, or /etc/ssh) with its inode, owner, mode and mtime."""
     found = {}
     for source in sources.values():
         for path in sorted(source.rglob("*")):
@@ -209,3 +250,32 @@ def test_check_lists_every_image_of_the_config_with_its_jupyterhub(cluster, tmp_
             f"{node.name}: image jupyter-major ({cluster.images['jupyter-major']}) carries JupyterHub "
             f"{versions['jupyter-major']}, the Hub runs {ours}: install jupyterhub=={ours} in it"
         ) in out
+
+
+def test_deploy_dry_run_changes_nothing_where_deploy_would_change_everything(
+    cluster, node_wide, etc_ssh, tmp_path
+):
+    """The console script's --dry-run: scripts to install, a CA to trust and one to untrust."""
+    image = ["--image", str(cluster.image)]
+    old, new = make_ca(tmp_path / "old-ca", "rss-old-ca"), make_ca(tmp_path / "new-ca", "rss-new-ca")
+    code, out = admin(cluster, "deploy", *image, "--trust-ca", f"{old}.pub")
+    assert code == 0, out
+    for source in node_wide.values():  # the scripts to install again
+        shutil.rmtree(source / "scripts")
+    files = {**{f"{n} /etc/ssh": d for n, d in etc_ssh.items()}, **node_wide}
+    before, sshd = snapshot(files), {n: sshd_state(cluster, n) for n in etc_ssh}
+    for name in ("sshd_config", "remote-singularity-spawner_ca.pub", "50-remote-singularity-spawner.conf"):
+        assert sum(path.endswith(f"/{name}") for path in before) == 2, f"{name} on each node: the old CA"
+
+    code, out = admin(cluster, "deploy", *image, "--trust-ca", f"{new}.pub", "--untrust-ca", f"{old}.pub",
+                      "--dry-run")  # fmt: skip
+    assert code == 0, out
+    assert "(dry run: nothing changed)" in out
+    for node in (NODE1, NODE2):
+        assert row(out, node)[-7:] == ["would", "install", "would", "trust", "would", "remove", "yes"], out
+        assert f"{node}: note: CA: would add the key to /etc/ssh/remote-singularity-spawner_ca.pub" in out
+        assert f"{node}: note: untrust CA: would remove the key from /etc/ssh/" in out
+    assert snapshot(files) == before, "sshd_config, the drop-in, the CA file, the scripts: the same inodes"
+    assert {n: sshd_state(cluster, n) for n in etc_ssh} == sshd, "sshd: the same PID, not reloaded"
+    assert all((d / "remote-singularity-spawner_ca.pub").read_text().split()[:2]
+               == Path(f"{old}.pub").read_text().split()[:2] for d in etc_ssh.values())  # fmt: skip

@@ -1,4 +1,4 @@
-"""invoke deploy --trust-ca on the test cluster: the nodes' sshd trusts the Hub's CA.
+"""deploy --trust-ca on the test cluster: the nodes' sshd trusts the Hub's CA; --untrust-ca: no more.
 
 Each node has its own /etc/ssh (cluster.py), so deploy runs with its default
 paths as on a real host. Certificates are made here with cryptography's
@@ -17,11 +17,12 @@ from pathlib import Path
 import cluster as cluster_mod
 import paramiko
 import pytest
+import test_deploy_on_nodes
 from conftest import make_hub, wait_until
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import ssh
-from test_deploy_on_nodes import invoke, node_wide, row  # noqa: F401 - node_wide: a fixture
+from test_deploy_on_nodes import admin, invoke, make_ca, node_wide, row, sshd_state  # noqa: F401 - a fixture
 
 NODE1, NODE2 = "rss-node1", "rss-node2"
 USER = "rss-alice"
@@ -29,20 +30,8 @@ CA_FILE = "remote-singularity-spawner_ca.pub"  # in /etc/ssh on the node
 DROP_IN = "sshd_config.d/50-remote-singularity-spawner.conf"
 # deploy also installs the scripts node-wide: gone before and after each test.
 pytestmark = pytest.mark.usefixtures("node_wide")
-
-
-@pytest.fixture
-def etc_ssh(cluster):
-    """Each node's /etc/ssh as the host sees it, as up() made it (no CA trusted); so again after."""
-    cluster_mod.untrust_ca()
-    yield {n.name: n.etc_ssh for n in cluster.nodes}
-    cluster_mod.untrust_ca()
-
-
-def make_ca(path, comment):
-    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
-    subprocess.run(argv, check=True)
-    return path
+# Each node's /etc/ssh, no CA trusted before and after: a fixture shared with the dry-run test there.
+etc_ssh = test_deploy_on_nodes.etc_ssh
 
 
 @pytest.fixture
@@ -114,13 +103,6 @@ def snapshot(etc_ssh):
     }  # fmt: skip
 
 
-def sshd_state(cluster, node: str) -> tuple[str, int]:
-    """The main sshd's PID (inside the node) and how often it was reloaded (SIGHUP)."""
-    n = cluster.node(node)
-    reloads = n.sshd_log.read_text(errors="replace").count("Received SIGHUP")
-    return n.sshd_pid_file.read_text().strip(), reloads
-
-
 def test_deploy_makes_the_nodes_trust_the_ca_and_a_certificate_logs_in(cluster, etc_ssh, ca, tmp_path):
     pub = f"{ca}.pub"
     key = certificate_key(ca, USER, "rss-test certificate-1")
@@ -131,7 +113,10 @@ def test_deploy_makes_the_nodes_trust_the_ca_and_a_certificate_logs_in(cluster, 
     for node in (NODE1, NODE2):
         assert row(out, node)[-2:] == ["NO", "NO"], out
         assert f"{node}: sshd does not trust the CA: sshd trusts no user CA" in out
-    assert "run invoke deploy or remote-singularity-spawner deploy" in out
+    assert (
+        f"{NODE1}: sshd does not trust the CA: sshd trusts no user CA: no TrustedUserCAKeys in "
+        "/etc/ssh/sshd_config or its drop-ins: run remote-singularity-spawner deploy"
+    ) in out, "the command an admin has, not invoke"
     fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", pub], capture_output=True, text=True).stdout
     assert f"CA {fingerprint.split()[1]} from {pub}, sshd config /etc/ssh/sshd_config" in out
 
@@ -258,3 +243,38 @@ def test_a_certificate_spawn_works_once_deploy_made_the_nodes_trust_the_ca(clust
     hub.stop_server(USER)
     log = cluster.node(NODE2).sshd_log.read_text(errors="replace")[offset:]
     assert f'Accepted certificate ID "remote-singularity-spawner hub-user={USER} ' in log, log[-3000:]
+
+
+def test_untrust_ca_refuses_that_cas_certificates_at_once_and_keeps_the_other(cluster, etc_ssh, ca, tmp_path):
+    other = make_ca(tmp_path / "ca-b", "rss-test-ca-b")
+    for authority in (ca, other):
+        code, out = deploy(cluster, "--trust-ca", f"{authority}.pub")
+        assert code == 0, out
+    key_a = certificate_key(ca, USER, "rss-test certificate-a")
+    key_b = certificate_key(other, USER, "rss-test certificate-b")
+    for node in (NODE1, NODE2):
+        assert logs_in(cluster, node, key_a) and logs_in(cluster, node, key_b)
+    sshd = {n: sshd_state(cluster, n) for n in etc_ssh}
+
+    code, out = admin(cluster, "deploy", "--image", str(cluster.image), "--untrust-ca", f"{ca}.pub")
+    assert code == 0, out
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", f"{ca}.pub"], capture_output=True, text=True)
+    assert f"untrusting CA {fingerprint.stdout.split()[1]} from {ca}.pub" in out
+    for node, d in etc_ssh.items():
+        assert row(out, node)[-4:] == ["current", "-", "REMOVED", "yes"], out
+        assert (
+            f"{node}: note: untrust CA: removed the key from /etc/ssh/{CA_FILE} "
+            "(sshd reads it at each login: no reload needed)"
+        ) in out
+        assert (d / CA_FILE).read_text().split() == Path(f"{other}.pub").read_text().split()
+        # At once: no waiting for a reload, for there is none.
+        assert whoami(cluster, node, key_a).startswith("login failed"), "A's certificate is refused"
+        assert whoami(cluster, node, key_b) == USER, "B's still logs in"
+    assert {n: sshd_state(cluster, n) for n in etc_ssh} == sshd, "the same sshd (PID), not even reloaded"
+
+    before = snapshot(etc_ssh)
+    code, out = admin(cluster, "deploy", "--image", str(cluster.image), "--untrust-ca", f"{ca}.pub")
+    assert code == 0, out
+    for node in (NODE1, NODE2):
+        assert row(out, node)[-5:] == ["current", "-", "not", "trusted", "yes"], out
+    assert snapshot(etc_ssh) == before, "untrusting again changes nothing"

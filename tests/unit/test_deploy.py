@@ -16,6 +16,7 @@ import pytest
 from remotesingularityspawner import remote
 from remotesingularityspawner.admin import command as admin
 from remotesingularityspawner.admin import deploy, slurm_hosts
+from remotesingularityspawner.admin.report import report_data
 from remotesingularityspawner.placement.nodes import Node
 
 BUNDLE = remote.ScriptBundle(files={"common.sh": b"a", "stop.sh": b"b"}, version="v1")
@@ -171,7 +172,7 @@ def test_other_files_under_this_version_make_the_node_unfit():
     report = deploy.NodeReport(Node("n1", "10.0.0.1"))
     other = sums({"common.sh": b"a", "stop.sh": b"edited"})
     assert deploy.judge(report, probe(scripts_sums=other), settings(), BUNDLE) == "different"
-    assert not report.fit and "run invoke deploy" in report.problems[0]
+    assert not report.fit and report.problems[0].endswith(": run remote-singularity-spawner deploy")
 
 
 def test_an_unsafe_copy_is_a_note_not_a_failure():
@@ -325,7 +326,7 @@ def test_the_admin_command_refuses_an_unusable_ca_before_any_connection(tmp_path
          "--hosts", "n1:10.0.0.1", "--image", "/x.sif", "--trust-ca", str(tmp_path / "none.pub")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert out.returncode == 1
+    assert out.returncode == admin.ExitStatus.CANNOT_RUN == 2, "could not run, not an unfit node (1)"
     assert f"error: --trust-ca {tmp_path}/none.pub: cannot read it" in out.stderr
 
 
@@ -350,27 +351,36 @@ BUNDLE_CA = remote.ScriptBundle(
 )
 
 
+OLD_CA = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOUI+CxwT0BNP/pQyRX3J/R4pY7zJij9EpftSCl7J1aa old"
+
+
 @pytest.mark.parametrize(
-    "action, argv",
+    "action, argv, key",
     [
-        ("check", ["check"]),
-        ("install", ["install"]),
-        ("dry-run", ["install", "--dry-run"]),
+        ("check", ["check"], CA),
+        ("install", ["install"], CA),
+        ("dry-run", ["install", "--dry-run"], CA),
+        ("untrust", ["untrust"], OLD_CA),
+        ("untrust-dry-run", ["untrust", "--dry-run"], OLD_CA),
     ],
 )
-def test_trust_ca_sh_is_fed_on_stdin_with_the_key_and_config_as_argv(monkeypatch, action, argv):
+def test_trust_ca_sh_is_fed_on_stdin_with_the_key_and_config_as_argv(monkeypatch, action, argv, key):
     sent = []
 
     def run_command(conn, command, stdin="", **kwargs):
         sent.append((shlex.split(command), stdin))
-        return remote.Reply(0, {"ca": "yes", "ca_file": "/etc/ssh/x.pub", "why": ""})
+        state = "not trusted" if action.startswith("untrust") else "yes"
+        return remote.Reply(0, {"ca": state, "ca_file": "/etc/ssh/x.pub", "why": ""})
 
     monkeypatch.setattr(remote, "run_command", run_command)
-    s = settings(ca=(CA, "ca.pub"))
-    assert deploy.trust_ca(None, s, BUNDLE_CA, action)["ca"] == "yes"
+    s = settings(ca=(CA, "ca.pub"), untrust=(OLD_CA, "old.pub"))
+    if action.startswith("untrust"):
+        assert deploy.untrust_ca(None, s, BUNDLE_CA, action.endswith("dry-run"))["ca"] == "not trusted"
+    else:
+        assert deploy.trust_ca(None, s, BUNDLE_CA, action)["ca"] == "yes"
     words, stdin = sent[0]
     assert words[4:6] == ["-s", "--"]
-    assert words[6:] == [*argv, "--key", CA, "--sshd-config", "/etc/ssh/sshd_config"]
+    assert words[6:] == [*argv, "--key", key, "--sshd-config", "/etc/ssh/sshd_config"]
     assert stdin == '# common\n\nmain "$@"; exit\n'
 
 
@@ -410,9 +420,71 @@ def test_the_ca_column_and_fitness_follow_the_answer(answer, action, shown, fit)
     assert report.ca == shown and report.fit == fit
     said = report.problems + report.notes
     assert len(said) == (1 if answer["why"] else 0) and answer["why"] in "".join(said)
-    assert ("run invoke deploy" in "".join(said)) == (action == "check" and not fit)
+    assert ("run remote-singularity-spawner deploy" in "".join(said)) == (action == "check" and not fit)
     table = deploy.format_table([report]).splitlines()
     assert table[1].split()[-2:] == [*shown.split()[-1:], "yes" if fit else "NO"]
+
+
+@pytest.mark.parametrize(
+    "answer, shown, fit, said",
+    [
+        ({"ca": "not trusted", "why": ""}, "not trusted", True, ""),
+        ({"ca": "untrusted", "why": "removed the key from /etc/ssh/x.pub"}, "REMOVED", True, "note"),
+        ({"ca": "would untrust", "why": "would remove the key"}, "would remove", True, "note"),
+        ({"ca": "no", "why": "remove this line from /etc/ssh/site.pub"}, "NOT REMOVED", False, "problem"),
+    ],
+)
+def test_the_untrust_column_and_fitness_follow_the_answer(answer, shown, fit, said):
+    report = deploy.NodeReport(Node("n1", "10.0.0.1"), "ok (root)", "apptainer 1.3.4", "ok", "current")
+    deploy.judge_untrust(report, answer)
+    assert report.untrust == shown and report.fit == fit
+    assert (len(report.notes), len(report.problems)) == {"": (0, 0), "note": (1, 0), "problem": (0, 1)}[said]
+    assert all(answer["why"] in line for line in report.notes + report.problems)
+    table = deploy.format_table([report]).splitlines()
+    assert table[0].split() == ["NODE", "SSH", "RUNTIME", "IMAGE", "SCRIPTS", "CA", "UNTRUST", "FIT"]
+    assert table[1].endswith(f"{shown}  {'yes' if fit else 'NO'}")
+    plain = deploy.NodeReport(Node("n2", "10.0.0.2"))
+    assert "UNTRUST" not in deploy.format_table([plain]), "the column only when a CA was to be untrusted"
+
+
+def test_a_ca_to_untrust_is_read_like_the_ca_to_trust_and_may_not_be_it(tmp_path):
+    old, new = keygen(tmp_path / "old", comment="old ca"), keygen(tmp_path / "new")
+    assert admin.public_key_line(f"{old}.pub", "--untrust-ca") == f"{public_part(old)} old ca"
+    with pytest.raises(deploy.DeployError, match=r"^--untrust-ca .*/old is a private key"):
+        admin.public_key_line(str(old), "--untrust-ca")
+    untrust = (f"{public_part(old)} another comment", f"{old}.pub")
+    s = settings(ca=(f"{public_part(new)} hub", "new.pub"), untrust=untrust)
+    assert (s.untrust_key, s.untrust_source) == untrust
+    with pytest.raises(deploy.DeployError, match=f"--untrust-ca {old}.pub is the CA to trust \\(old-ca\\)"):
+        settings(ca=(public_part(old), "old-ca"), untrust=untrust)
+
+
+@pytest.mark.parametrize("change, dry_run", [(False, False), (True, False), (True, True)])
+def test_only_deploy_untrusts_and_only_when_asked(monkeypatch, change, dry_run):
+    asked = []
+    monkeypatch.setattr(deploy, "probe_node", lambda conn, s, b, role: probe())
+    answer = {"ca": "untrusted", "why": ""}
+    monkeypatch.setattr(deploy, "untrust_ca", lambda conn, s, b, dry: asked.append(dry) or answer)
+    conn = SimpleNamespace(close=lambda: None)
+    for given in (("", ""), (OLD_CA, "old.pub")):
+        report = deploy.inspect_node(
+            Node("n1", "10.0.0.1"), settings(untrust=given), BUNDLE, lambda n: conn, "root", change, dry_run
+        )
+        assert report.untrust == ("REMOVED" if given[0] and change else "-") and report.fit
+    assert asked == ([dry_run] if change else [])
+
+
+def test_the_json_report_of_a_node_has_its_columns_problems_notes_and_images():
+    report = deploy.NodeReport(Node("n1", "10.0.0.1"), "ok (root)", "apptainer 1.3.4", "MISSING", "current")
+    report.problems.append("image /images/j.sif: missing")
+    report.notes.append("CA: added the key")
+    report.images.append("image j (/images/j.sif): missing")
+    assert report_data(report) == {
+        "node": "n1", "address": "10.0.0.1", "role": "compute", "ssh": "ok (root)", "slurm": "-",
+        "runtime": "apptainer 1.3.4", "image": "MISSING", "scripts": "current", "ca": "-", "untrust": "-",
+        "fit": False, "problems": ["image /images/j.sif: missing"], "notes": ["CA: added the key"],
+        "images": ["image j (/images/j.sif): missing"],
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
