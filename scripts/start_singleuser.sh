@@ -178,7 +178,7 @@ slurm_launcher() {
   [[ -n "$1" ]] || return 0
   local srun
   srun=$(command -v srun) \
-    || die "${RSS_EXIT_USAGE}" "srun not found on PATH (${PATH}): --slurm-job needs the Slurm client on this node"
+    || die "${RSS_EXIT_USAGE}" "srun not found on PATH: --slurm-job needs the Slurm client on this node"
   LAUNCH=("${srun}" "--jobid=$1" --overlap --nodes=1 --ntasks=1 --quiet --kill-on-bad-exit=1 --)
 }
 
@@ -287,7 +287,7 @@ main() {
   import_environment
   SS_EXE=$(command -v ss) || SS_EXE=""
   local cmd_exe
-  cmd_exe=$(command -v -- "${exe}") || die "${RSS_EXIT_USAGE}" "'${exe}' not found on PATH (${PATH})"
+  cmd_exe=$(command -v -- "${exe}") || die "${RSS_EXIT_USAGE}" "'${exe}' not found on PATH (remote-singularity-spawner check shows each node's)"
   slurm_launcher "${slurm_job}"
 
   cd "${HOME}"

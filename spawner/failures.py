@@ -34,3 +34,7 @@ class Failures:
         error = SpawnException(message, reason=reason)
         error.jupyterhub_message = message
         return error
+
+
+class StopFailed(RuntimeError):
+    """A server could not be stopped; the message is the user's sentence (the details are logged)."""

@@ -46,6 +46,17 @@ class HubResources:
         # Clean-ups that outlive the coroutine that started them (asyncio keeps only weak
         # references to tasks: one nobody holds may be collected before it is done).
         self._background: set[asyncio.Task] = set()
+        self._told: set[str] = set()  # what the administrators were told in the log
+
+    def tell_admins(self, log: logging.Logger, story: str) -> None:
+        """Log *story* (a failure's details and fix) as an error, once per Hub process."""
+        with self._lock:
+            if story in self._told:
+                return
+            if len(self._told) >= 10_000:  # bounded: a story told long ago may be told again
+                self._told.clear()
+            self._told.add(story)
+        log.error("%s", story)
 
     @classmethod
     def current(cls) -> HubResources:

@@ -84,10 +84,17 @@ class NodeAccess:
             return action(session, *args)
 
     def explain(self, error: Exception) -> str:
-        """A sentence for the user from any failure on the way to the node."""
+        """A sentence for the user from any failure on the way to the node. What only the
+        administrators should see (paths, modes, the exception, the fix) goes to the Hub's
+        log, once for each story rather than at every poll."""
         if isinstance(error, remote.CertificateSettingError):
-            return f"the Hub is misconfigured: c.RemoteSingularitySpawner.{error.setting}: {error}"
+            self.resources.tell_admins(
+                self.log, f"c.RemoteSingularitySpawner.{error.setting}: {error} (for {self.log_name})"
+            )
+            return error.for_user
         if isinstance(error, remote.RemoteError):
-            return str(error)
+            if error.for_user != str(error):
+                self.resources.tell_admins(self.log, f"{self.log_name}: {error}")
+            return error.for_user
         self.log.error("Unexpected error for %s", self.log_name, exc_info=error)
-        return f"unexpected error: {type(error).__name__}: {error}"
+        return f"an unexpected error happened on the way to the node; {remote.TOLD}"

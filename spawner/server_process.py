@@ -16,6 +16,7 @@ from typing import ClassVar
 import jupyterhub
 
 from . import calls, remote
+from .failures import StopFailed
 from .images import Image
 from .node_access import NodeAccess
 from .placement import Fail, Placed
@@ -136,8 +137,11 @@ class ServerOnNode:
         try:
             pid, start_time, port = (int(reply.data[k]) for k in ("pid", "start_time", "port"))
         except (KeyError, TypeError, ValueError):
+            self.log.error("Unexpected reply from start_singleuser.sh on %s: %r", placed.node, reply.data)
             raise self.fail(
-                f"unexpected reply from start_singleuser.sh on {placed.node}: {reply.data!r}", "protocol"
+                f"Cannot start your server on {placed.node}: its start script answered what the Hub "
+                f"does not understand; {remote.TOLD}",
+                "protocol",
             ) from None
         if reply.data.get("jupyterhub_match") in ("minor", "unknown"):
             theirs = str(reply.data.get("image_jupyterhub", ""))
@@ -191,9 +195,20 @@ class ServerOnNode:
         return await self.access.call(placed.address, placed.login, call)
 
     async def stop(self, placed: Placed, process: ServerProcess, now: bool = False) -> remote.Reply:
-        """stop.sh's reply (RemoteError on the way)."""
+        """stop.sh's reply (RemoteError on the way; StopFailed, logged, if it could not stop it)."""
         call = self.stop_call(process.pid, process.start_time, now)
-        return await self.access.call(placed.address, placed.login, call)
+        reply = await self.access.call(placed.address, placed.login, call)
+        if reply.exit_code != remote.ExitCode.OK:
+            self.log.error(
+                "Cannot stop %s (pid %d on %s): stop.sh failed (exit code %d): %s. It may still be "
+                "running there.",
+                self.access.log_name, process.pid, placed.node, reply.exit_code, reply.stderr,
+            )  # fmt: skip
+            raise StopFailed(
+                f"Your server on {placed.node} could not be stopped and may still be running there; "
+                f"{remote.TOLD}"
+            )
+        return reply
 
     def stop_call(self, pid, start_time, now=False) -> remote.ScriptCall:
         config = self.config

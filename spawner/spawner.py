@@ -314,7 +314,7 @@ class RemoteSingularitySpawner(Spawner):
 
     node_scripts_dir = Unicode(
         remote.DEFAULT_NODE_SCRIPTS_DIR,
-        help="""Node-wide directory of the scripts that `invoke deploy` installs, one
+        help="""Node-wide directory of the scripts that `remote-singularity-spawner deploy` installs, one
         subdirectory per scripts version. When this version is there and it, its parents and
         its files belong to root and are writable by nobody else, servers run the scripts from
         it and nothing is uploaded to the users' homes; otherwise the scripts are uploaded per
@@ -541,11 +541,6 @@ class RemoteSingularitySpawner(Spawner):
             )  # fmt: skip
             await self.parts.placer.release(placed)  # scancel ends the server wherever it runs
             return
-        if reply.exit_code != remote.ExitCode.OK:
-            raise RuntimeError(
-                f"stop.sh failed for {self._log_name} on {placed.node} "
-                f"(exit code {reply.exit_code}): {reply.stderr}"
-            )
         self.log.info("Stopped %s on %s (%s)", self._log_name, placed.node, reply.data.get("signal", "?"))
         self.process = None
         await self._release_kept()

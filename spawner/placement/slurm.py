@@ -97,14 +97,15 @@ class SlurmPlacement(Placement):
             )
         except remote.RemoteError as e:
             self.log.warning("Cannot ask Slurm on %s for %s: %s", submit.label, login, e)
-            return SlurmView(error=f"{submit.label}: {e}")
+            return SlurmView(error=f"{submit.label}: {e.for_user}")
         if reply.exit_code != remote.ExitCode.OK:
             self.log.warning("sinfo failed on %s for %s: %s", submit.label, login, reply.stderr)
             return SlurmView(error=f"sinfo failed on {submit.label}: {reply.stderr}")
         try:
             partitions = [Partition.from_reply(item) for item in reply.data.get("partitions", [])]
         except (TypeError, ValueError) as e:
-            return SlurmView(error=f"unexpected reply from slurm_job.sh on {submit.label}: {e}")
+            self.log.error("Unexpected reply from slurm_job.sh partitions on %s: %s", submit.label, e)
+            return SlurmView(error=f"Slurm's answer on {submit.label} was not understood; {remote.TOLD}")
         return SlurmView(partitions={p.name: p for p in partitions})
 
     async def render_form(self) -> str:
@@ -161,8 +162,10 @@ class SlurmPlacement(Placement):
         reply = await self._ask_slurm(submit, login, call, "submit your job")
         job = str(reply.data.get("job_id", ""))
         if not job.isdigit():
+            self.log.error("Unexpected reply from slurm_job.sh submit on %s: %r", submit.label, reply.data)
             raise self.fail(
-                f"unexpected reply from slurm_job.sh on {submit.label}: {reply.data!r}", "protocol"
+                f"Cannot submit your job on {submit.label}: Slurm's answer was not understood; {remote.TOLD}",
+                "protocol",
             )
         self.log.info(
             "Submitted Slurm job %s for %s (partition %s, %s)",

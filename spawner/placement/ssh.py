@@ -134,7 +134,7 @@ class SSHPlacement(Placement):
             reply = self.ask_for_form(node.address, login, calls.status_call(self.config.node_status_timeout))
         except remote.RemoteError as e:
             self.log.warning("Node %s is unreachable for %s: %s", node.label, login, e)
-            return NodeStatus(reachable=False, error=str(e))
+            return NodeStatus(reachable=False, error=e.for_user)
         if reply.exit_code != remote.ExitCode.OK:
             self.log.warning(
                 "node_status.sh failed on %s (exit code %d): %s", node.label, reply.exit_code, reply.stderr

@@ -20,7 +20,7 @@ from .certificates import (
     ValidityError,
     key_id,
 )
-from .errors import CommandTimeout, ConnectError, HostKeyError, IdentityError, RemoteError
+from .errors import TOLD, CommandTimeout, ConnectError, HostKeyError, IdentityError, RemoteError
 from .pool import ConnectionPool
 from .protocol import (
     ExitCode,
@@ -50,7 +50,7 @@ __all__ = [
     "SCRIPT_FILES", "CAError",
     "CertificateAuthority", "CertificateRequest", "CertificateSettingError", "CommandTimeout",
     "ConnectError", "ConnectionPool", "ExitCode", "HostKeyError", "IdentityError", "LineRelay", "NodeSession",
-    "ProgressCallback", "RemoteError", "Reply", "ScriptBundle", "ScriptCall", "Target",
+    "ProgressCallback", "RemoteError", "Reply", "ScriptBundle", "ScriptCall", "TOLD", "Target",
     "ValidityError", "command_line", "connect", "env_payload", "files_payload", "find_private_key",
     "key_id", "load_private_key", "packaged_scripts_dir", "parse_progress", "parse_reply",
     "probe_port", "run_command",

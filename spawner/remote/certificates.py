@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import ssh
 
-from .errors import IdentityError, default_log
+from .errors import TOLD, IdentityError, default_log
 
 MIN_VALIDITY = 30
 MAX_VALIDITY = 24 * 3600
@@ -35,9 +35,20 @@ _CA_TYPES = (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPriva
 
 
 class CertificateSettingError(IdentityError):
-    """A setting of certificate mode is unusable; *setting* names it. Nothing was contacted."""
+    """A setting of certificate mode is unusable; *setting* names it. Nothing was contacted.
+
+    A user reads only that the CA is not usable: the path, the mode and the fix
+    are for the Hub's log.
+    """
 
     setting = ""
+
+    def __init__(self, message: str = "", for_user: str | None = None) -> None:
+        super().__init__(message, for_user or CA_UNUSABLE)
+
+
+# What a user reads when the Hub's certificate settings are unusable.
+CA_UNUSABLE = f"the Hub's SSH certificate authority is not usable; {TOLD}"
 
 
 class CAError(CertificateSettingError):

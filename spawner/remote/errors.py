@@ -9,8 +9,22 @@ import logging
 default_log = logging.getLogger("remotesingularityspawner.remote")
 
 
+# The end of a user's sentence whose details and fix are in the Hub's log.
+TOLD = "the administrators have been told"
+
+
 class RemoteError(Exception):
-    """Something went wrong on the way to the node or on it."""
+    """Something went wrong on the way to the node or on it.
+
+    ``str(error)`` is the whole story, for the Hub's log and the admin command:
+    paths, modes, the exception and the fix. *for_user* is the sentence a user
+    reads (default: the same), without what only the administrators should see
+    or can act on.
+    """
+
+    def __init__(self, message: str = "", for_user: str | None = None) -> None:
+        super().__init__(message)
+        self.for_user = message if for_user is None else for_user
 
 
 class ConnectError(RemoteError):

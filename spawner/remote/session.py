@@ -196,6 +196,9 @@ class NodeSession:
         except CommandTimeout:
             raise ConnectError(f"{self.target.host} did not answer within {timeout:g}s") from None
         except (OSError, EOFError, paramiko.SSHException) as e:
-            raise ConnectError(f"lost the connection to {self.target.host}: {e}") from None
+            raise ConnectError(
+                f"lost the connection to {self.target.host}: {type(e).__name__}: {e}",
+                f"lost the connection to {self.target.host}",
+            ) from None
         finally:
             entry.fresh = False

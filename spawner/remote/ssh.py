@@ -19,7 +19,7 @@ import fabric
 import paramiko
 
 from .certificates import Authorities
-from .errors import CommandTimeout, ConnectError, HostKeyError, IdentityError, default_log
+from .errors import TOLD, CommandTimeout, ConnectError, HostKeyError, IdentityError, default_log
 from .known_hosts import FileCache, KnownHosts, Status, host_name
 from .protocol import Reply, parse_reply
 
@@ -51,27 +51,59 @@ def load_private_key(paths: Sequence[str]) -> paramiko.PKey:
 
 
 def find_private_key(paths: Sequence[str]) -> tuple[str, paramiko.PKey]:
-    """The first of *paths* that exists, and its key loaded; IdentityError if none is usable."""
+    """The first of *paths* that exists, and its key loaded; IdentityError if none is usable.
+
+    The user reads the key's place in their home (~/.ssh/...); the Hub's log, its path.
+    """
     for path in paths:
-        if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except PermissionError as e:
+            # A home the Hub's account cannot enter (NFS root_squash): not a missing key.
+            raise IdentityError(
+                f"the Hub's account cannot read {path}: {e.strerror}. Is the home on NFS with "
+                "root_squash? Give the Hub read access to the users' ~/.ssh, or use ssh_auth = "
+                "'certificate' (no home is read)",
+                f"the Hub cannot read your SSH key in your home directory (it has no access there); {TOLD}",
+            ) from None
+        except OSError:
             continue
+        shown = _in_home(path)
         try:
             return path, paramiko.PKey.from_path(path)
         except (paramiko.PasswordRequiredException, TypeError) as e:
             # cryptography says "Password was not given but private key is encrypted".
             if isinstance(e, TypeError) and "assword" not in str(e):
-                raise IdentityError(f"cannot load the private key {path}: {e}") from None
+                raise _unusable_key(path, shown, e) from None
             raise IdentityError(
                 f"the private key {path} is protected by a passphrase, which the spawner "
-                "cannot type: give this user a key without a passphrase for the compute nodes"
+                "cannot type: give this user a key without a passphrase for the compute nodes",
+                f"your private key {shown} is protected by a passphrase, which the spawner cannot "
+                "type: give this user a key without a passphrase for the compute nodes",
             ) from None
         except (OSError, ValueError, paramiko.SSHException) as e:
-            raise IdentityError(f"cannot load the private key {path}: {e}") from None
+            raise _unusable_key(path, shown, e) from None
     raise IdentityError(
         "no private key found; looked for: "
         + ", ".join(paths)
-        + ". Create one (ssh-keygen -t ed25519) and add it to ~/.ssh/authorized_keys"
+        + ". Create one (ssh-keygen -t ed25519) and add it to ~/.ssh/authorized_keys",
+        "no private key of yours was found; looked for: "
+        + ", ".join(_in_home(p) for p in paths)
+        + ". Create one (ssh-keygen -t ed25519) and add it to ~/.ssh/authorized_keys",
     )
+
+
+def _unusable_key(path: str, shown: str, error: Exception) -> IdentityError:
+    return IdentityError(
+        f"cannot load the private key {path}: {type(error).__name__}: {error}",
+        f"your private key {shown} cannot be used (not an ed25519, ecdsa or rsa key without a passphrase)",
+    )
+
+
+def _in_home(path: str) -> str:
+    """*path* as its owner knows it: ~/.ssh/... for a file in a home's .ssh, else its name."""
+    head, sep, tail = path.partition("/.ssh/")
+    return f"~/.ssh/{tail}" if sep and head else os.path.basename(path)
 
 
 @dataclass
@@ -102,7 +134,9 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
             raise HostKeyError(
                 f"the host key of {hostname} ({offered}) is marked @revoked in {verdict.entry.path}: "
                 f"refusing to connect (line {verdict.entry.lineno}). A revoked key may be in other "
-                "hands: the node needs a new host key, listed in known_hosts."
+                "hands: the node needs a new host key, listed in known_hosts.",
+                f"the host key of {hostname} ({offered}) is marked @revoked: refusing to connect. "
+                f"The node needs a new host key; {TOLD}",
             )
         if verdict.status is Status.CHANGED:
             raise HostKeyError(
@@ -118,7 +152,9 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
             f"the host key of {hostname} ({offered}) is not in "
             f"known_hosts: refusing to connect. If it is the node's real key, add it to "
             "/etc/ssh/ssh_known_hosts (e.g. `ssh-keyscan` on a trusted path, then compare "
-            "the fingerprint); `invoke check` then shows every node it can reach." + unused
+            "the fingerprint); `remote-singularity-spawner check` then shows every node it can "
+            "reach." + unused,
+            f"the host key of {hostname} ({offered}) is not in known_hosts: refusing to connect; {TOLD}",
         )
 
 
@@ -176,19 +212,26 @@ def connect(
     caches = caches if caches is not None else Caches()
     if target.certificate is not None:
         pkey = target.certificate.login_key(log, caches.authorities)
-        refused = (
-            f"with a certificate of the Hub's CA ({target.certificate.ca_path}) refused: "
-            f"the node's sshd must trust that CA (TrustedUserCAKeys; `remote-singularity-spawner "
-            f"deploy` installs it), accept {target.username!r} as the certificate's principal, and "
-            "see the certificate as valid now (are the Hub's and the node's clocks right?)"
+        why = (
+            f"the node's sshd must trust that CA{{}}, accept {target.username!r} as the "
+            "certificate's principal, and see the certificate as valid now (are the Hub's and "
+            "the node's clocks right?)"
         )
+        refused = f"with a certificate of the Hub's CA ({target.certificate.ca_path}) refused: " + why.format(
+            " (TrustedUserCAKeys; `remote-singularity-spawner deploy` installs it)"
+        )
+        refused_for_user = f"with a certificate of the Hub's CA refused: {why.format('')}; {TOLD}"
     else:
-        key_path, pkey = find_private_key(target.key_files)
-        refused = (
-            f"with the key {key_path} refused: add {key_path}.pub to "
-            f"~{target.username}/.ssh/authorized_keys on the node, and make sure ~/.ssh and that "
-            "file are writable by the user alone (sshd ignores them otherwise)"
+        try:
+            key_path, pkey = find_private_key(target.key_files)
+        except IdentityError as e:
+            raise IdentityError(str(e), f"for the login {target.username}, {e.for_user}") from None
+        fix = (
+            f"add {{0}}.pub to ~{target.username}/.ssh/authorized_keys on the node, and make sure "
+            "~/.ssh and that file are writable by the user alone (sshd ignores them otherwise)"
         )
+        refused = f"with the key {key_path} refused: " + fix.format(key_path)
+        refused_for_user = f"with the key {_in_home(key_path)} refused: " + fix.format(_in_home(key_path))
     conn = fabric.Connection(
         host=target.host,
         user=target.username,
@@ -216,13 +259,18 @@ def connect(
         conn.open()
     except paramiko.AuthenticationException as e:
         conn.close()
-        raise IdentityError(f"login as {target} {refused} ({e})") from None
+        raise IdentityError(
+            f"login as {target} {refused} ({e})", f"login as {target} {refused_for_user}"
+        ) from None
     except (HostKeyError, IdentityError):
         conn.close()
         raise
     except (OSError, EOFError, paramiko.SSHException) as e:
         conn.close()
-        raise ConnectError(f"cannot connect to {target}: {e or type(e).__name__}") from None
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise ConnectError(
+            f"cannot connect to {target}: {type(e).__name__}: {e}", f"cannot connect to {target}: {why}"
+        ) from None
     # Every command on a kept connection opens a channel, and paramiko waits an hour for
     # the node to answer that: a node gone silent (link down, powered off) must fail the
     # command as a new connection to it would, within the connect timeout.

@@ -21,10 +21,15 @@ from harness import Hub
 USERS = {"rss-alice": "ed25519", "rss-bob": "ecdsa", "rss-carol": "rsa"}
 
 
+# Swept after everything else: every text the run showed users (test_user_texts.py).
+SWEEP = "test_no_user_facing_text_shows_what_only_administrators_should_see"
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: item.name == SWEEP)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

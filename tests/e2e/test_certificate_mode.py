@@ -91,6 +91,14 @@ def keyless_users(cluster):
         cluster_mod.remove_user(name)
 
 
+def new_ca(workroot: Path, account, directory: str, name: str = "ssh_ca") -> Path:
+    """A CA of its own in workroot/directory (the Hub account's), made by make_ca."""
+    path = workroot / directory
+    path.mkdir(exist_ok=True)
+    os.chown(path, account.pw_uid, account.pw_gid)
+    return make_ca(path, account, name)
+
+
 def make_ca(directory: Path, account, name: str = "ssh_ca") -> Path:
     path = directory / name
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rss-test-ca", "-f", str(path)],
@@ -224,10 +232,7 @@ def test_an_unprivileged_hub_runs_servers_with_certificates_and_no_user_key(
 def test_a_ca_the_nodes_do_not_trust_is_refused_naming_the_node_and_nothing_runs(
     cluster, workroot, hub_account, hub_python, trusted_ca, keyless_users
 ):
-    other_dir = workroot / "other-ca"
-    other_dir.mkdir(exist_ok=True)
-    os.chown(other_dir, hub_account.pw_uid, hub_account.pw_gid)
-    other = make_ca(other_dir, hub_account, "untrusted_ca")
+    other = new_ca(workroot, hub_account, "other-ca", "untrusted_ca")
     hub = cert_hub(cluster, workroot, hub_account, hub_python, other, "hub-untrusted", 10)
     hub.start()
     try:
@@ -362,10 +367,15 @@ def test_a_bad_certificate_setting_fails_the_spawn_naming_it_before_any_login(
         hub.ensure_user(user)
         sizes = log_sizes()
         message = spawn_failure(hub, user, {"host": NODE1})
-        assert f"c.RemoteSingularitySpawner.{setting}" in message, message
+        # The user reads that the CA is unusable; the Hub's log names the setting and the fix.
+        assert message.endswith(
+            f"Cannot start your server on {NODE1}: the Hub's SSH certificate authority is not "
+            "usable; the administrators have been told"
+        ), message
         assert sshd_log_since(NODE1, sizes[NODE1]).count(user) == 0, "no SSH login attempted"
         assert hub.api("GET", "/").ok, "the Hub keeps serving"
         log = hub.log_path.read_text()
+        assert f"c.RemoteSingularitySpawner.{setting}" in log
         assert "PRIVATE KEY" not in log
     finally:
         hub.stop()

@@ -245,7 +245,8 @@ HOSTILE = {
     "user-dot-first": Case({}, "login name '.rss-alice'", user=".rss-alice"),
     "user-non-ascii": Case({}, "login name 'łukasz'", user="łukasz"),
     "user-very-long": Case({}, f"login name '{'u' * 60}", user="u" * 200),
-    "user-no-such-account": Case({}, "/home/a.b@c/.ssh/id_ed25519", user="a.b@c"),
+    # The path on the Hub host (/home/a.b@c/.ssh/id_ed25519) is for the Hub's log only.
+    "user-no-such-account": Case({}, "for the login a.b@c, no private key of yours", user="a.b@c"),
     # the form
     "form-host-semicolon": Form({"host": f"rss-node1; {TOUCH}"}, f"'rss-node1; {TOUCH}'"),
     "form-host-unlisted": Form({"host": "rss-node3"}, "'rss-node3' is not one of"),
@@ -492,19 +493,24 @@ def test_missing_passphrase_or_unauthorized_key_is_refused_saying_what_to_fix(cl
     hub = alt_hub(f'c.RemoteSingularitySpawner.home_path = "{homes}"')
     offsets, before = log_offsets(), processes_of_test_users()
 
+    # The user reads where in their home (~/.ssh/...); the Hub's log, the paths on the Hub.
     message = spawn_failure(hub, "rss-alice", {"host": NODE1})
-    assert f"no private key found; looked for: {keys['rss-alice']}" in message
+    assert "no private key of yours was found; looked for: ~/.ssh/id_ed25519" in message
     assert "Create one (ssh-keygen" in message and "authorized_keys" in message
+    assert str(homes) not in message
+    assert f"no private key found; looked for: {keys['rss-alice']}" in hub.log_path.read_text()
 
     message = spawn_failure(hub, "rss-bob", {"host": NODE1})
-    assert f"the private key {keys['rss-bob']} is protected by a passphrase" in message
+    assert "your private key ~/.ssh/id_ecdsa is protected by a passphrase" in message
     assert "give this user a key without a passphrase" in message
+    assert f"the private key {keys['rss-bob']} is protected by a passphrase" in hub.log_path.read_text()
     # Neither even tried to log in: no agent, no other key, no password.
     assert auth_attempts(offsets) == []
 
     message = spawn_failure(hub, "rss-carol", {"host": NODE1})
-    assert f"with the key {keys['rss-carol']} refused" in message
-    assert f"add {keys['rss-carol']}.pub to ~rss-carol/.ssh/authorized_keys" in message
+    assert "with the key ~/.ssh/id_rsa refused" in message
+    assert "add ~/.ssh/id_rsa.pub to ~rss-carol/.ssh/authorized_keys" in message
+    assert f"with the key {keys['rss-carol']} refused" in hub.log_path.read_text()
     attempts = auth_attempts(offsets)
     assert attempts and all(a.startswith("Failed publickey for rss-carol") for a in attempts), attempts
     assert all(hub.server_model(user) is None for user in USERS)

@@ -158,13 +158,18 @@ async def test_certificate_mode_reads_no_home_and_logs_in_with_a_certificate_per
     ],
 )
 async def test_bad_certificate_settings_fail_the_spawn_naming_the_setting_before_any_login(
-    make_spawner, fake_ssh, ca_file, traits, says
+    make_spawner, fake_ssh, ca_file, traits, says, caplog
 ):
+    # The user reads that the CA is not usable; the Hub's log names the setting, the path, the fix.
     s = cert_spawner(make_spawner, ca_file, **traits)
     s.user_options = {"host": "n1"}
     with pytest.raises(Exception) as e:
         await s.start()
-    assert says in str(e.value) and "n1" in str(e.value)
+    assert e.value.jupyterhub_message == (
+        "Cannot start your server on n1: the Hub's SSH certificate authority is not usable; "
+        "the administrators have been told"
+    )
+    assert says in caplog.text
     assert fake_ssh.connections == [], "no SSH login attempted"
 
 

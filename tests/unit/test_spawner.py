@@ -174,19 +174,26 @@ async def test_a_host_given_by_its_address_starts_on_the_named_node(make_spawner
 
 
 @pytest.mark.parametrize(
-    "error, cause",
+    "error, cause, logged",
     [
         pytest.param(
             paramiko.SSHException("Garbage packet received"),
-            "lost the connection to 10.0.0.1: Garbage packet received",
+            "lost the connection to 10.0.0.1",
+            "lost the connection to 10.0.0.1: SSHException: Garbage packet received",
             id="ssh",
         ),
-        pytest.param(RuntimeError("boom"), "unexpected error: RuntimeError: boom", id="any"),
+        pytest.param(
+            RuntimeError("boom"),
+            "an unexpected error happened on the way to the node; the administrators have been told",
+            "RuntimeError: boom",
+            id="any",
+        ),
     ],
 )
 async def test_any_error_of_the_ssh_layer_during_start_is_a_spawn_failure_naming_node_and_cause(
-    make_spawner, fake_ssh, error, cause
+    make_spawner, fake_ssh, error, cause, logged, caplog
 ):
+    # The exception's text is for the Hub's log; the user reads a sentence.
     s = make_spawner(nodelist=TWO_NODES, singularity_container_path="/img.sif")
 
     def broken(args, stdin):
@@ -199,6 +206,7 @@ async def test_any_error_of_the_ssh_layer_during_start_is_a_spawn_failure_naming
     assert format_exception(e.value)[0] == f"Cannot start your server on n1: {cause}"
     assert e.value.status_code == 400
     assert s.process is None
+    assert logged in caplog.text
 
 
 async def test_a_refused_login_during_start_names_node_and_cause(make_spawner, fake_ssh):
