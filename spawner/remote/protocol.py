@@ -162,11 +162,21 @@ class LineRelay:
         pass
 
 
+# bash's notice of a background job killed by a signal: "FILE: line N: PID SIGNAL-TEXT   COMMAND".
+_JOB_NOTICE_RE = re.compile(
+    r".*: line \d+: +\d+ (Killed|Terminated|Hangup|Aborted|Segmentation fault|Bus error|"
+    r"Illegal instruction|Floating point exception|Quit|User defined signal [12])( \(core dumped\))?  "
+)
+
+
 def parse_reply(exit_code: int, stdout: str, stderr: str) -> Reply:
     """Turn a script's output into a :class:`Reply` (JSON on the last stdout line).
 
-    What the login shell printed on stderr before the launcher's mark, and
-    ``@progress`` lines, are not diagnostics: they are left out of ``stderr``.
+    What the login shell printed on stderr before the launcher's mark,
+    ``@progress`` lines, and bash's notices of its background jobs killed by a
+    signal (``common.sh: line 420:  5947 Killed   setsid "${LAUNCH[@]}" ...``:
+    the script's own source, printed when it reaps a server it stopped) are not
+    diagnostics: they are left out of ``stderr``.
     """
     lines = [line for line in stdout.splitlines() if line.strip()]
     data: dict = {}
@@ -180,5 +190,7 @@ def parse_reply(exit_code: int, stdout: str, stderr: str) -> Reply:
     err_lines = stderr.splitlines()
     if BEGIN_MARK in err_lines:
         err_lines = err_lines[err_lines.index(BEGIN_MARK) + 1 :]
-    diagnostics = "\n".join(line for line in err_lines if parse_progress(line) is None)
+    diagnostics = "\n".join(
+        line for line in err_lines if parse_progress(line) is None and not _JOB_NOTICE_RE.match(line)
+    )
     return Reply(exit_code=exit_code, data=data, stderr=diagnostics.strip())

@@ -290,3 +290,17 @@ async def test_start_refuses_a_node_the_form_found_unreachable_without_connectin
     del fake_ssh.refuse["10.0.0.1"]
     fake_ssh.node("10.0.0.1").on("start_singleuser.sh", STARTED)
     assert await s.start() == ("10.0.0.1", 50000)
+
+
+def test_bashs_notice_of_a_killed_server_is_not_shown_as_a_diagnostic():
+    # Printed by bash when start_singleuser.sh reaps the server it stopped: the script's source.
+    stderr = (
+        '/opt/rss/scripts/v1/common.sh: line 420:  5947 Killed                  setsid "${LAUNCH[@]}" '
+        '"${cmd_exe}" exec "${extra[@]}" "${image}" "$@" < /dev/null >> "${log}" 2>&1\n'
+        "start_singleuser.sh: the server did not listen on port 50000 within 20s\n"
+        "[I server] Killed  by the test, as the server's log says"
+    )
+    assert remote.parse_reply(5, "", stderr).stderr == (
+        "start_singleuser.sh: the server did not listen on port 50000 within 20s\n"
+        "[I server] Killed  by the test, as the server's log says"
+    )
