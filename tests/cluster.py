@@ -549,16 +549,28 @@ def _node_net_ok(node: NodeSpec) -> bool:
     return host_ok and paired and addr_ok and route_ok and "UP" in inner[0].get("flags", [])
 
 
+def _node_mac(node: NodeSpec) -> str:
+    """The node's eth0 keeps one MAC address across restarts, as a host's network card does.
+
+    A new random one per restart left the Hub host's ARP entry pointing at the old address:
+    until the entry expired (up to a minute), nothing reached the restarted node.
+    """
+    octets = [int(o) for o in node.ip.split(".")]
+    return "02:72:73:" + ":".join(f"{o:02x}" for o in octets[1:])
+
+
 def _create_node_net(node: NodeSpec) -> None:
     ns = ["ip", "-n", node.netns]
     _run(["ip", "netns", "add", node.netns])
-    _run(["ip", "link", "add", node.veth, "type", "veth", "peer", "name", "eth0", "netns", node.netns])
+    _run(["ip", "link", "add", node.veth, "type", "veth",
+          "peer", "name", "eth0", "address", _node_mac(node), "netns", node.netns])  # fmt: skip
     _run(["ip", "link", "set", node.veth, "master", CONFIG.bridge])
     _run(["ip", "link", "set", node.veth, "up"])
     _run([*ns, "link", "set", "lo", "up"])
     _run([*ns, "addr", "add", f"{node.ip}/{CONFIG.prefix_len}", "dev", "eth0"])
     _run([*ns, "link", "set", "eth0", "up"])
     _run([*ns, "route", "add", "default", "via", CONFIG.hub_ip])
+    _run(["ip", "neigh", "flush", "to", node.ip], check=False)  # a node made by an older cluster.py
 
 
 def _teardown_node(node: NodeSpec) -> None:

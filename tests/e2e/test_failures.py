@@ -12,6 +12,7 @@ run with ``-s`` or ``-rP`` to see them.
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 
@@ -234,6 +235,23 @@ def test_a_crashed_node_loses_its_servers_within_two_polls_and_nothing_else(alt_
     for user in ("rss-alice", "rss-carol"):
         hub.stop_server(user)
     assert wait_until(lambda: nothing_left(NODE2, "rss-alice") and nothing_left(NODE2, "rss-carol"))
+
+
+def _eth0_mac(node: str) -> str:
+    out = subprocess.run(["ip", "-n", node, "-br", "link", "show", "eth0"], capture_output=True, text=True)
+    return out.stdout.split()[2]
+
+
+def test_a_powered_off_node_brought_back_is_reached_at_once_under_its_old_address(cluster, crash):
+    """Like a host's network card, a restarted node keeps its MAC address: the Hub host's ARP
+    entry from before the crash still leads to it (a fresh random MAC left the node unreachable
+    for up to a minute after a restart, until that entry expired)."""
+    before = _eth0_mac(NODE1)
+    for _ in range(3):
+        assert cluster_mod._sshd_answers(cluster_mod._node_spec(NODE1))  # the host's ARP entry is fresh
+        crash(NODE1, unplug=True)
+        cluster_mod.start_node(NODE1)  # raises unless sshd answers within its timeout
+        assert _eth0_mac(NODE1) == before
 
 
 def test_an_sshd_outage_on_a_node_stops_no_server(alt_hub):
