@@ -76,8 +76,18 @@ class RemoteSingularitySpawner(Spawner):
         (cores, memory, GPUs, time limit); a job submitted as the user on
         slurm_submit_host holds the allocation, and the server runs as a step of that job
         (`srun --overlap`) on the node Slurm allocated, started over SSH as with "ssh".
-        The job is cancelled when the server stops. Raise start_timeout to what users may
-        wait in the queue.""",
+        The job is cancelled when the server stops. A job may wait in the queue for
+        slurm_queue_timeout; start_timeout is then the server's own start, once its job
+        runs.""",
+    ).tag(config=True)
+
+    slurm_queue_timeout = Integer(
+        3600,
+        min=0,
+        help="""placement slurm: seconds a server's job may wait in the queue for its node;
+        then the job is cancelled and the spawn fails saying why it waited. The Hub waits
+        for the start this long plus start_timeout, which the server has for its own start
+        once the job runs. The spawn page shows which of the two waits is going on.""",
     ).tag(config=True)
 
     slurm_submit_host = Unicode(
@@ -409,6 +419,11 @@ class RemoteSingularitySpawner(Spawner):
 
     # --- start ---------------------------------------------------------------------------
 
+    def run_pre_spawn_hook(self):
+        """JupyterHub gives start() start_timeout seconds: a queue's wait is added to them."""
+        self.start_timeout = self.parts.placer.hub_start_timeout()
+        return super().run_pre_spawn_hook()
+
     async def start(self):
         """Start the server where the placement puts it; return its (address, port).
 
@@ -434,6 +449,7 @@ class RemoteSingularitySpawner(Spawner):
         image = self._request[2]
         login = self.parts.login_name()
         placed = self.placed = await self.parts.placer.place(request, login, self._steps, deadline)
+        deadline = min(deadline, self.clock() + self.parts.placer.server_start_timeout())
         self.ip, self.port = placed.address, 0
         if self.internal_ssl and not self._certs_moved:
             # The node became known only now (a Slurm job's): its certificate, made for it.

@@ -93,6 +93,27 @@ class Placement(ABC):
         """The node the server will run on, if known before it is placed (None: only then)."""
         return None
 
+    @property
+    def queue_timeout(self) -> float:
+        """Seconds a server may wait to be placed, on top of start_timeout (0: no queue)."""
+        return 0.0
+
+    # start_timeout as the admin sets it is the server's own start. The Hub, which gives
+    # start() start_timeout seconds, is told the queue's wait on top (hub_start_timeout).
+    _widened: int | None = None
+    _server_timeout = 0
+
+    def server_start_timeout(self) -> int:
+        """start_timeout as configured (a group override counts), not as widened for the Hub."""
+        current = self.config.start_timeout
+        return self._server_timeout if current == self._widened else current
+
+    def hub_start_timeout(self) -> int:
+        """What the Hub's start_timeout becomes for the next start: the server's plus the queue's."""
+        self._server_timeout = self.server_start_timeout()
+        self._widened = self._server_timeout + int(self.queue_timeout)
+        return self._widened
+
     @abstractmethod
     async def place(self, request, login: str, steps: Progress, deadline: float) -> Placed:
         """Where the server is to start, by *deadline* (the spawner's clock): SpawnException if

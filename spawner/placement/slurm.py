@@ -145,6 +145,10 @@ class SlurmPlacement(Placement):
 
     # --- placing: a job, then its node ----------------------------------------------------
 
+    @property
+    def queue_timeout(self) -> float:
+        return float(self.config.slurm_queue_timeout)
+
     async def place(self, request: SlurmRequest, login, steps, deadline) -> Placed:
         """Submit the job and wait for its node; a job that will not hold the server is cancelled."""
         _, _, sbatch_args = self._settings()
@@ -209,10 +213,15 @@ class SlurmPlacement(Placement):
                 steps.report(15, self._queued(seen, placed))
             return False
 
-        # Give up before the Hub does, to say why and cancel the job meanwhile.
-        start_timeout = self.config.start_timeout
-        left = deadline - self.config.clock()
-        patience = max(1.0, left - min(15.0, start_timeout / 4))
+        # At most slurm_queue_timeout, and giving up before the Hub does, to say why and
+        # cancel the job meanwhile.
+        queue_timeout, clock = self.queue_timeout, self.config.clock
+        left = deadline - clock()
+        server_timeout = self.server_start_timeout()
+        patience = max(1.0, min(queue_timeout, left - min(15.0, server_timeout / 4)))
+        setting = "slurm_queue_timeout" if patience >= queue_timeout else "start_timeout"
+        steps.report(15, f"waiting in the queue for a node, up to {_duration(patience)} ({setting})")
+        began = clock()
         try:
             await exponential_backoff(
                 allocated, "", start_wait=0.2, scale_factor=1.5, max_wait=3, timeout=patience
@@ -221,7 +230,7 @@ class SlurmPlacement(Placement):
             raise self.fail(
                 f"Cannot start your server: still {self._queued(seen, placed)} after {patience:.0f} s; "
                 f"the job {job} was cancelled. Try fewer resources or another partition, "
-                "or ask your administrator to raise start_timeout.",
+                f"or ask your administrator to raise {setting}.",
                 "timeout",
             ) from None
         if seen.get("state") != "RUNNING":
@@ -232,6 +241,11 @@ class SlurmPlacement(Placement):
             )
         node = await self._allocated_node(str(seen.get("node", "")), str(seen.get("address", "")))
         steps.report(20, f"allocated node {node.label} (job {job})")
+        steps.report(
+            20,
+            f"waited {_duration(clock() - began)} in the queue; "
+            f"the server now has up to {_duration(server_timeout)} to start (start_timeout)",
+        )
         return node
 
     @staticmethod
@@ -296,3 +310,12 @@ class SlurmPlacement(Placement):
             )
             return ""
         return str(reply.data.get("state", "")) if reply.exit_code == remote.ExitCode.OK else ""
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min`` or ``2 h 30 min``, for a person."""
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if hours and minutes else f"{hours} h" if hours else f"{minutes} min"

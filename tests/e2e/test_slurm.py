@@ -8,6 +8,7 @@ against Slurm itself (squeue, the server's environment), not the Hub's word.
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import time
 
@@ -19,12 +20,14 @@ from slurm_cases import BAD_VALUES
 
 POLL = 3  # the Hub's poll_interval in these tests
 START_TIMEOUT = 30
+QUEUE_TIMEOUT = 20  # a spawn that finds every CPU busy fails soon
 SLURM_CONFIG = f"""
 c.RemoteSingularitySpawner.placement = "slurm"
 c.RemoteSingularitySpawner.slurm_partitions = {{"debug": {{"cpus": 2, "time": "0:30:00"}}, "small": {{}}}}
 c.RemoteSingularitySpawner.slurm_default_resources = {{"cpus": 1, "memory": "512M", "time": "0:10:00"}}
 c.Spawner.poll_interval = {POLL}
 c.Spawner.start_timeout = {START_TIMEOUT}
+c.RemoteSingularitySpawner.slurm_queue_timeout = {QUEUE_TIMEOUT}
 """
 ASK = {"partition": "debug", "cpus": 1, "memory": "512M", "time": "0:10:00"}
 USERS = ("rss-alice", "rss-bob")
@@ -154,6 +157,34 @@ def test_with_every_cpu_busy_a_spawn_says_it_is_queued_and_why_then_fails_and_it
     assert "still queued in partition debug: Resources" in events[-1]["message"]
     assert "was cancelled" in events[-1]["message"]
     assert not slurm.jobs("rss-alice")
+
+
+def test_a_job_queued_longer_than_start_timeout_starts_within_the_queue_timeout(alt_hub, hub, slurm):
+    """start_timeout is the server's own start: the wait in the queue has slurm_queue_timeout."""
+    server_timeout = 15
+    h = alt_hub(
+        SLURM_CONFIG + f"c.Spawner.start_timeout = {server_timeout}\n"
+        "c.RemoteSingularitySpawner.slurm_queue_timeout = 300\n"
+    )
+    slurm.fill("rss-carol")
+    r = h.spawn("rss-alice", options=ASK)
+    assert r.status_code == 202, r.text
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        progress = pool.submit(h.progress_events, "rss-alice", "", 300)
+        time.sleep(server_timeout + 10)
+        assert [j["state"] for j in slurm.jobs("rss-alice")] == ["PENDING"]
+        assert not progress.done(), progress.result()
+        slurm.cancel_all("rss-carol")
+        events = progress.result()
+    assert events[-1].get("ready"), events[-1]
+    messages = [e.get("message", "") for e in events]
+    assert "waiting in the queue for a node, up to 5 min (slurm_queue_timeout)" in messages, messages
+    waited = next(m for m in messages if m.startswith("waited "))
+    assert waited.endswith(f"the server now has up to {server_timeout} s to start (start_timeout)"), waited
+    assert int(waited.split()[1]) >= server_timeout + 10, waited
+    assert h.through_proxy("rss-alice").status_code == 200
+    h.stop_server("rss-alice")
+    assert wait_until(lambda: not slurm.jobs("rss-alice"), timeout=20), slurm.jobs("rss-alice")
 
 
 @pytest.mark.parametrize("options, field", BAD_VALUES)

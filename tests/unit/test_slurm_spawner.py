@@ -165,6 +165,62 @@ async def test_a_job_still_queued_when_start_timeout_nears_is_cancelled_and_the_
     assert queue.actions()[-1] == "cancel"
 
 
+async def test_a_job_queued_past_start_timeout_but_within_the_queue_timeout_starts(
+    slurm_spawner, fake_ssh, queue
+):
+    queue.pending = 6  # about 3 s of looking at the queue, three times start_timeout
+    fake_ssh.node("10.0.0.12").on("start_singleuser.sh", reply(pid=9, start_time=5, port=50000))
+    s = slurm_spawner(start_timeout=1, slurm_queue_timeout=30)
+    s.run_pre_spawn_hook()  # as the Hub does before start()
+    assert s.start_timeout == 31, "the Hub waits for the queue and for the server's start"
+    listener = asyncio.ensure_future(collect(s))
+    assert await s.start() == ("10.0.0.12", 50000)
+    messages = await asyncio.wait_for(listener, 5)
+    assert "waiting in the queue for a node, up to 30 s (slurm_queue_timeout)" in messages
+    waited = next(m for m in messages if m.startswith("waited "))
+    assert waited.endswith("in the queue; the server now has up to 1 s to start (start_timeout)"), waited
+
+
+async def collect(s):
+    seen = []
+    async for event in s.progress():
+        seen.append(event["message"])
+        if event["message"].startswith("waited "):
+            return seen
+    return seen
+
+
+async def test_a_job_queued_past_the_queue_timeout_is_cancelled_naming_the_setting(
+    slurm_spawner, fake_ssh, queue
+):
+    queue.pending = 10**6
+    s = slurm_spawner(start_timeout=30, slurm_queue_timeout=1)
+    s.run_pre_spawn_hook()
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    message = format_exception(e.value)[0]
+    assert "still queued in partition debug: Resources, position 3 after 1 s" in message
+    assert message.endswith("or ask your administrator to raise slurm_queue_timeout."), message
+    assert queue.actions()[-1] == "cancel"
+
+
+def test_the_hubs_wait_is_widened_once_per_spawn_and_follows_a_changed_start_timeout(
+    slurm_spawner, make_spawner
+):
+    hooked = []
+    s = slurm_spawner(start_timeout=60, slurm_queue_timeout=600, pre_spawn_hook=hooked.append)
+    for _ in range(3):
+        s.run_pre_spawn_hook()
+        assert (s.start_timeout, s.parts.placer.server_start_timeout()) == (660, 60)
+    assert hooked == [s] * 3, "the admin's pre_spawn_hook still runs"
+    s.start_timeout = 90  # a group override, between two spawns
+    s.run_pre_spawn_hook()
+    assert (s.start_timeout, s.parts.placer.server_start_timeout()) == (690, 90)
+    ssh = make_spawner(nodelist=NODES, start_timeout=60, slurm_queue_timeout=600)
+    ssh.run_pre_spawn_hook()
+    assert (ssh.start_timeout, ssh.parts.placer.server_start_timeout()) == (60, 60), "no queue, no wait added"
+
+
 async def test_a_spawn_the_hub_cancels_while_queued_cancels_the_job(slurm_spawner, fake_ssh, queue):
     queue.pending = 10**6
     s = slurm_spawner()
