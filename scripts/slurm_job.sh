@@ -19,20 +19,25 @@ source "${BASH_SOURCE[0]%/*}/common.sh"
 readonly STATES_RE='^[A-Z_]+(,[A-Z_]+)*$'
 # What Slurm says of a job it no longer knows or that has already ended.
 readonly JOB_GONE_RE='Invalid job id specified|already completing or completed'
+# The lines of `scontrol show config` that tell whether Slurm keeps accounts, and where.
+readonly CONFIG_LINE_RE='^(AccountingStorageType|ClusterName) *= *([^ ]*)'
 
 usage() {
   cat <<'USAGE'
 Usage: slurm_job.sh submit --job-name NAME --partition P --cpus N --memory MB
-                           --time MINUTES [--gpus G] [--nodelist HOST]
+                           --time MINUTES [--gpus G [--gpu-type T]] [--nodelist HOST]
+                           [--account A] [--qos Q] [--reservation R] [--constraint C]
                            --output-dir DIR [--sbatch-arg ARG]...
        slurm_job.sh state --job JOBID
        slurm_job.sh cancel --job JOBID --while-states STATE[,STATE]... [--wait SECONDS]
-       slurm_job.sh partitions
+       slurm_job.sh partitions [--associations]
 
   submit      sbatch a job that holds one node (N CPUs, MB megabytes, G GPUs
-              if G > 0) for MINUTES; its log goes to DIR/slurm-JOBID.log
-              (relative DIR is under $HOME; created 0700). Each ARG is one
-              more sbatch option. Prints {"job_id": "JOBID"}.
+              of type T, or of any type, if G > 0) for MINUTES; its log goes to DIR/slurm-JOBID.log
+              (relative DIR is under $HOME; created 0700). A, Q, R and C
+              (the spawner has checked them) go to sbatch as --account=A
+              and so on, one word each. Each ARG is one more sbatch
+              option. Prints {"job_id": "JOBID"}.
   state       Prints {"job_id", "state" (GONE if Slurm no longer knows the
               job), "reason", "node", "address", "partition", "position"
               (1-based among the partition's pending jobs, 0 if not pending)}.
@@ -40,7 +45,13 @@ Usage: slurm_job.sh submit --job-name NAME --partition P --cpus N --memory MB
               SECONDS (default 10) while its state is one of the
               --while-states. Prints {"job_id", "state"}.
   partitions  Prints the partitions sinfo shows this user: {"partitions": [...]},
-              each time limit ("max_time") as sinfo prints it.
+              each time limit ("max_time") as sinfo prints it, and the GPUs
+              of its nodes: "gpus_total", "gpus_idle" (no job holds them)
+              and the GRES types ("gpu_types"). With
+              --associations also "accounting" (false: AccountingStorageType
+              is accounting_storage/none) and, when true, the user's
+              "associations" on this cluster ([{"account", "partition"}],
+              partition "" for any), or null and "associations_error".
 USAGE
 }
 
@@ -88,6 +99,8 @@ squeue_job() {
 
 submit() {
   local job_name="" partition="" cpus="" memory="" time="" gpus=0 nodelist output_dir=""
+  # shellcheck disable=SC2034  # set by parse_options, read below as ${!option}
+  local account qos reservation constraint option gpu_type
   local -a rest=() site=()
   while (($#)); do
     case "$1" in
@@ -96,7 +109,8 @@ submit() {
       *) rest+=("$1" "${2?"$1 needs a value"}"); shift 2 ;;
     esac
   done
-  parse_options job-name partition cpus memory time gpus nodelist output-dir -- "${rest[@]}"
+  parse_options job-name partition cpus memory time gpus gpu-type nodelist account qos reservation \
+    constraint output-dir -- "${rest[@]}"
   require_uint --cpus "${cpus}"
   require_uint --memory "${memory}"
   require_uint --time "${time}"
@@ -110,11 +124,21 @@ submit() {
   # in the queue again as a job without a server.
   local -a args=(--parsable "--job-name=${job_name}" "--partition=${partition}" --nodes=1 --ntasks=1
     "--cpus-per-task=${cpus}" "--mem=${memory}M" "--time=${time}" --no-requeue)
-  if ((10#${gpus} > 0)); then args+=("--gpus=${gpus}"); fi
+  if [[ -v gpu_type ]]; then
+    [[ "${gpu_type}" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] \
+      || die "${RSS_EXIT_USAGE}" "--gpu-type needs a GPU type name"
+    ((10#${gpus} > 0)) || die "${RSS_EXIT_USAGE}" "--gpu-type needs --gpus of at least 1"
+  fi
+  if ((10#${gpus} > 0)); then args+=("--gpus=${gpu_type:+${gpu_type}:}${gpus}"); fi
   if [[ -v nodelist ]]; then
     [[ -n "${nodelist}" ]] || die "${RSS_EXIT_USAGE}" "--nodelist needs a host name"
     args+=("--nodelist=${nodelist}")
   fi
+  for option in account qos reservation constraint; do
+    [[ -v "${option}" ]] || continue
+    [[ -n "${!option}" ]] || die "${RSS_EXIT_USAGE}" "--${option} needs a value"
+    args+=("--${option}=${!option}")
+  done
 
   require_slurm sbatch
   cd "${HOME}"
@@ -193,6 +217,7 @@ declare -a PART_NAMES=()
 declare -A PART_UP=() PART_DEFAULT=() PART_NODES=() PART_SEEN=() PART_LIMIT=()
 declare -A PART_NODES_IDLE=() PART_NODES_TOTAL=() PART_CPUS_IDLE=() PART_CPUS_TOTAL=()
 declare -A PART_CPN=() PART_MEM=() PART_GPUS=()
+declare -A PART_GPUS_TOTAL=() PART_GPUS_USED=() PART_GPU_TYPES=()
 
 #######################################
 # Print the leading digits of $1 as a number (sinfo writes "4+" for "4 or
@@ -203,22 +228,30 @@ leading_uint() {
 }
 
 #######################################
-# Print the number of GPUs in a GRES string such as "gpu:2",
-# "gpu:a100:4(S:0,1)" or "gpu:a100:2,gpu:v100:1,mps:100"; 0 for "(null)".
+# Print the GPU entries of a GRES string one per line, as TYPE COUNT (TYPE
+# "-" when the entry names none): "a100 4" and "v100 2" of
+# "gpu:a100:4(S:0,1),gpu:v100:2,mps:100"; "- 2" of "gpu:2"; nothing for
+# "(null)".
 #######################################
-gpu_count() {
-  local gres="$1" entry count=0
+gpu_entries() {
+  local gres="$1" entry
   while [[ "${gres}" =~ ^(.*)\([^\)]*\)(.*)$ ]]; do
     gres="${BASH_REMATCH[1]}${BASH_REMATCH[2]}"
   done
   local -a entries
   IFS=, read -r -a entries <<<"${gres}"
   for entry in "${entries[@]}"; do
-    if [[ "${entry}" =~ ^gpu(:[^:]*)?:([0-9]+)$ ]]; then
-      count=$((count + 10#${BASH_REMATCH[2]}))
+    if [[ "${entry}" =~ ^gpu(:([^:]*))?:([0-9]+)$ ]]; then
+      printf '%s %d\n' "${BASH_REMATCH[2]:--}" "$((10#${BASH_REMATCH[3]}))"
     fi
   done
-  printf '%s' "${count}"
+}
+
+# Print the number of GPUs in a GRES string (gpu_entries); 0 for "(null)".
+gpu_count() {
+  local type count total=0
+  while read -r type count; do total=$((total + count)); done < <(gpu_entries "$1")
+  printf '%s' "${total}"
 }
 
 # Set the element $2 of the associative array named $1 to $3 if that is larger.
@@ -257,17 +290,24 @@ add_partition_line() {
 }
 
 #######################################
-# Add one line of `sinfo -N -o '%P|%N'` to the node list of its partition
-# (a node appears once per partition).
+# Add one line of `sinfo -N -O Partition,NodeList,Gres,GresUsed` (fields
+# separated by |) to its partition: the node's name, its GPUs, those in
+# use, their types (a node appears once per partition).
 #######################################
 add_node_line() {
-  local name node key
-  IFS='|' read -r name node <<<"$1"
+  local name node gres used key type _
+  IFS='|' read -r name node gres used <<<"$1"
   name=${name%'*'}
   key="${name}|${node}"
   [[ -n "${node}" && -z "${PART_SEEN[${key}]:-}" ]] || return 0
   PART_SEEN[${key}]=1
   PART_NODES[${name}]+="${PART_NODES[${name}]:+,}$(json_str "${node}")"
+  PART_GPUS_TOTAL[${name}]=$((${PART_GPUS_TOTAL[${name}]:-0} + $(gpu_count "${gres}")))
+  PART_GPUS_USED[${name}]=$((${PART_GPUS_USED[${name}]:-0} + $(gpu_count "${used}")))
+  while read -r type _; do
+    [[ "${type}" != - && ",${PART_GPU_TYPES[${name}]:-}," != *",$(json_str "${type}"),"* ]] || continue
+    PART_GPU_TYPES[${name}]+="${PART_GPU_TYPES[${name}]:+,}$(json_str "${type}")"
+  done < <(gpu_entries "${gres}")
 }
 
 # Print partition $1 of the PART_ tables as one JSON object.
@@ -280,16 +320,72 @@ partition_json() {
   printf '"nodes_idle": %s, "nodes_total": %s, "cpus_idle": %s, "cpus_total": %s, ' \
     "${PART_NODES_IDLE[${name}]}" "${PART_NODES_TOTAL[${name}]}" \
     "${PART_CPUS_IDLE[${name}]}" "${PART_CPUS_TOTAL[${name}]}"
-  printf '"cpus_per_node": %s, "memory_mb_per_node": %s, "gpus_per_node": %s, "max_time": %s}' \
+  printf '"cpus_per_node": %s, "memory_mb_per_node": %s, "gpus_per_node": %s, "max_time": %s, ' \
     "${PART_CPN[${name}]}" "${PART_MEM[${name}]}" "${PART_GPUS[${name}]}" "$(json_str "${PART_LIMIT[${name}]}")"
+  local total=${PART_GPUS_TOTAL[${name}]:-0} used=${PART_GPUS_USED[${name}]:-0}
+  printf '"gpus_idle": %s, "gpus_total": %s, "gpu_types": [%s]}' \
+    "$((used < total ? total - used : 0))" "${total}" "${PART_GPU_TYPES[${name}]:-}"
+}
+
+# Print the JSON members that say the associations are unknown: accounting $1, why $2.
+no_associations() {
+  printf '"accounting": %s, "associations": null, "associations_error": %s' "$1" "$(json_str "$2")"
+}
+
+#######################################
+# Print, for the partitions reply, the JSON members that tell whether Slurm
+# keeps accounts ("accounting") and the user's associations on this cluster
+# ("associations": [{"account", "partition"}]), or null and why
+# ("associations_error"). The spawner decides what they allow.
+#######################################
+associations_json() {
+  local line storage="" cluster="" account partition separator=""
+  slurm scontrol show config || {
+    no_associations null "scontrol show config failed: ${SLURM_ERR}"
+    return 0
+  }
+  while IFS= read -r line; do
+    [[ "${line}" =~ ${CONFIG_LINE_RE} ]] || continue
+    case "${BASH_REMATCH[1]}" in
+      ClusterName) cluster=${BASH_REMATCH[2]} ;;
+      *) storage=${BASH_REMATCH[2]} ;;
+    esac
+  done <<<"${SLURM_OUT}"
+  if [[ -z "${storage}" || "${storage}" == accounting_storage/none ]]; then
+    printf '"accounting": false'
+    return 0
+  fi
+  command -v sacctmgr >/dev/null || {
+    no_associations true "sacctmgr not found on PATH"
+    return 0
+  }
+  local -a where=("user=$(id -un)")
+  [[ -z "${cluster}" ]] || where+=("cluster=${cluster}")
+  slurm sacctmgr -n -P show associations where "${where[@]}" format=account,partition || {
+    no_associations true "sacctmgr failed: ${SLURM_ERR}"
+    return 0
+  }
+  printf '"accounting": true, "associations": ['
+  while IFS='|' read -r account partition; do
+    [[ -n "${account}" ]] || continue
+    printf '%s{"account": %s, "partition": %s}' "${separator}" "$(json_str "${account}")" \
+      "$(json_str "${partition}")"
+    separator=", "
+  done <<<"${SLURM_OUT}"
+  printf ']'
 }
 
 partitions() {
+  local associations=""
+  if [[ "${1:-}" == --associations ]]; then
+    associations=1
+    shift
+  fi
   parse_options -- "$@"
   local line name separator=""
   slurm_or_die sinfo -h -o '%P|%a|%F|%C|%c|%m|%G|%l'
   while IFS= read -r line; do add_partition_line "${line}"; done <<<"${SLURM_OUT}"
-  slurm_or_die sinfo -h -N -o '%P|%N'
+  slurm_or_die sinfo -h -N -O 'Partition:0|,NodeList:0|,Gres:0|,GresUsed:0'
   while IFS= read -r line; do add_node_line "${line}"; done <<<"${SLURM_OUT}"
   printf '{"partitions": ['
   for name in "${PART_NAMES[@]}"; do
@@ -297,7 +393,12 @@ partitions() {
     partition_json "${name}"
     separator=", "
   done
-  printf ']}\n'
+  printf ']'
+  if [[ -n "${associations}" ]]; then
+    printf ', '
+    associations_json
+  fi
+  printf '}\n'
 }
 
 main() {

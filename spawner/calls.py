@@ -124,8 +124,12 @@ def submit_call(
     output_dir: str,
     sbatch_args: Sequence[str],
     timeout: float,
+    site_options: Mapping[str, str] | None = None,
 ) -> ScriptCall:
-    """slurm_job.sh submit: a job that holds the allocation the server will run in."""
+    """slurm_job.sh submit: a job that holds the allocation the server will run in.
+
+    *site_options*: the user's account, qos, reservation and constraint (those chosen),
+    each passed as ``--NAME VALUE``."""
     args = [
         "submit",
         "--job-name", job_name,
@@ -137,8 +141,12 @@ def submit_call(
     ]  # fmt: skip
     if resources.gpus:
         args += ["--gpus", str(resources.gpus)]
+        if resources.gpu_type:
+            args += ["--gpu-type", resources.gpu_type]
     if host:
         args += ["--nodelist", host]
+    for name, value in (site_options or {}).items():
+        args += [f"--{name}", value]
     for extra in sbatch_args:
         args += ["--sbatch-arg", extra]
     check_words(args)
@@ -157,6 +165,8 @@ def cancel_call(job_id: str, wait: int, timeout: float, holding: Iterable[str]) 
     return ScriptCall("slurm_job.sh", args, timeout=wait + timeout)
 
 
-def partitions_call(timeout: float) -> ScriptCall:
-    """slurm_job.sh partitions: the partitions sinfo shows the user, for the form."""
-    return ScriptCall("slurm_job.sh", ("partitions",), timeout=timeout)
+def partitions_call(timeout: float, associations: bool = False) -> ScriptCall:
+    """slurm_job.sh partitions: the partitions sinfo shows the user, for the form; with
+    *associations*, whether Slurm keeps accounts and the user's associations too."""
+    args = ("partitions", "--associations") if associations else ("partitions",)
+    return ScriptCall("slurm_job.sh", args, timeout=timeout)

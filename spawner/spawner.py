@@ -101,10 +101,22 @@ class RemoteSingularitySpawner(Spawner):
         [List(Unicode()), Dict()],
         default_value=[],
         help="""placement slurm: the partitions users may choose, a list of names or a dict of
-        name -> limits, e.g. {"debug": {"cpus": 4, "memory": "8G", "gpus": 0, "time":
-        "2:00:00"}, "gpu": {}}. Limits are upper bounds on what a user may ask for, on top of
-        the partition's own (a node's CPUs and memory, its MaxTime). Empty: every partition
-        sinfo shows the user.""",
+        name -> settings, e.g. {"debug": {"cpus": 4, "memory": "8G", "gpus": 0, "time":
+        "2:00:00"}, "gpu": {"accounts": "associations", "constraint": ["a100", "h100"]}}.
+        cpus, memory, gpus and time are upper bounds on what a user may ask for, on top of
+        the partition's own (a node's CPUs and memory, its MaxTime). Site options: the form
+        offers a field for each one an entry has, and only there; a value for another
+        partition is refused. "accounts": a list of account names, or "associations": the
+        accounts of the user's Slurm associations that apply to the partition
+        (`sacctmgr show associations` as the user on slurm_submit_host; with Slurm
+        accounting off, AccountingStorageType accounting_storage/none, no account is
+        offered). "qos": a list of QOS names. "reservations": a list of reservation names, or
+        True for any name(s) the user types. "constraint": a list of feature expressions, or
+        True for any the user types, in sbatch's --constraint syntax (feature names joined by
+        & and |, `[a|b]`, `[a*2&b*1]`, `(a|b)` and counts `*N`; Slurm 22.05 has no NOT).
+        Names are letters, digits and _ . - (at most 64). A field left empty is Slurm's
+        default (the user's default account and QOS). Empty: every partition sinfo shows the
+        user, with no site options.""",
     ).tag(config=True)
 
     slurm_default_resources = Dict(
@@ -116,9 +128,16 @@ class RemoteSingularitySpawner(Spawner):
 
     slurm_sbatch_args = List(
         Unicode(),
-        help="""placement slurm: extra sbatch options of the site, each one word `--name=value`,
-        e.g. ['--account=jupyter', '--qos=interactive']. Options the spawner sets itself
-        (partition, resources, time, job name, output) are refused.""",
+        help="""placement slurm: extra sbatch options of the site for every job, each one word
+        `--name` or `--name=value`, passed to sbatch as it is (never through a shell), e.g.
+        ['--account=jupyter', '--qos=interactive', '--exclude=node[01-04]',
+        '--constraint=[rack1|rack2]&ib']. A value has letters, digits and
+        _ . , : / @ % + = - [ ] ( ) | & * ? (no space, quote, backquote, $, ;, \\ or !); those
+        of --exclude (a node list or a file name), --constraint and --prefer (feature
+        expressions), --account, --qos and --reservation (names) are checked by Slurm's
+        grammar. Options the spawner sets itself (partition, resources, time, job name,
+        output) are refused, and so are --account, --qos, --reservation and --constraint
+        when a partition of slurm_partitions lets users choose them.""",
     ).tag(config=True)
 
     singularity_exe_path = Unicode(
@@ -166,7 +185,8 @@ class RemoteSingularitySpawner(Spawner):
     gpu_nodes = List(
         Unicode(),
         help="""Names (as in nodelist) of the nodes that have GPUs. The form marks them, and a
-        server started on one gets gpu_singularity_args.""",
+        server started on one gets gpu_singularity_args. With placement slurm, a job that asked
+        for GPUs gets them on any node.""",
     ).tag(config=True)
 
     gpu_singularity_args = List(

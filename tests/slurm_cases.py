@@ -12,4 +12,5 @@ BAD_VALUES = [
     ({"partition": "nosuch"}, "partition"),
     ({"partition": "debug;touch /tmp/rss-pwned"}, "partition"),
     ({"partition": "small", "host": "rss-node1"}, "host"),
+    ({"gpus": 1, "gpu_type": "tesla;id"}, "gpu_type"),
 ]

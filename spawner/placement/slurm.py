@@ -36,13 +36,13 @@ from .slurm_request import (
     WAITING_STATES,
     Partition,
     SlurmRequest,
-    check_sbatch_args,
     check_slurm_format,
     job_ended,
     parse_defaults,
     parse_partition_limits,
     validate_slurm_options,
 )
+from .slurm_site import check_sbatch_args, wants_associations
 
 # Seconds a cancel waits for the job to end before it is reported still there.
 CANCEL_WAIT = 15
@@ -55,11 +55,9 @@ class SlurmPlacement(Placement):
         """(partition limits, default resources, extra sbatch args); SpawnException if bad."""
         config = self.config
         try:
-            return (
-                parse_partition_limits(config.slurm_partitions),
-                parse_defaults(config.slurm_default_resources),
-                check_sbatch_args(config.slurm_sbatch_args),
-            )
+            limits = parse_partition_limits(config.slurm_partitions)
+            defaults = parse_defaults(config.slurm_default_resources)
+            return limits, defaults, check_sbatch_args(config.slurm_sbatch_args, limits)
         except ValueError as e:
             raise self.fail(f"the Hub is misconfigured: {e}", "config") from None
 
@@ -91,10 +89,10 @@ class SlurmPlacement(Placement):
 
     def _fetch_partitions(self, submit: Node, login: str) -> SlurmView:
         """Blocking: run ``slurm_job.sh partitions`` on the submit host as *login*."""
+        associations = wants_associations(self.config.slurm_partitions)  # the user's accounts too
+        call = calls.partitions_call(self.config.node_status_timeout, associations)
         try:
-            reply = self.ask_for_form(
-                submit.address, login, calls.partitions_call(self.config.node_status_timeout)
-            )
+            reply = self.ask_for_form(submit.address, login, call)
         except remote.RemoteError as e:
             self.log.warning("Cannot ask Slurm on %s for %s: %s", submit.label, login, e)
             return SlurmView(error=f"{submit.label}: {e.for_user}")
@@ -102,7 +100,7 @@ class SlurmPlacement(Placement):
             self.log.warning("sinfo failed on %s for %s: %s", submit.label, login, reply.stderr)
             return SlurmView(error=f"sinfo failed on {submit.label}: {reply.stderr}")
         try:
-            partitions = [Partition.from_reply(item) for item in reply.data.get("partitions", [])]
+            partitions = Partition.all_from_reply(reply.data)
         except (TypeError, ValueError) as e:
             self.log.error("Unexpected reply from slurm_job.sh partitions on %s: %s", submit.label, e)
             return SlurmView(error=f"Slurm's answer on {submit.label} was not understood; {remote.TOLD}")
@@ -162,6 +160,7 @@ class SlurmPlacement(Placement):
             output_dir=calls.server_dir(self.config.remote_state_dir, self.hub_user, self.server_name),
             sbatch_args=sbatch_args,
             timeout=self.config.ssh_command_timeout,
+            site_options=request.site.to_dict(),
         )
         reply = await self._ask_slurm(submit, login, call, "submit your job")
         job = str(reply.data.get("job_id", ""))
@@ -185,7 +184,8 @@ class SlurmPlacement(Placement):
         except Exception:
             await self.release(placed)
             raise
-        gpu = node.label in self.config.gpu_nodes
+        # A job with GPUs gets gpu_singularity_args (--nv) wherever Slurm put it.
+        gpu = request.resources.gpus > 0 or node.label in self.config.gpu_nodes
         return Placed(node.label, node.address, login, job, request.partition, gpu=gpu)
 
     async def _ask_slurm(self, submit: Node, login: str, call, what: str):

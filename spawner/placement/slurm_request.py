@@ -1,4 +1,4 @@
-"""Validate a Slurm request: the partition, the resources, the node, the binds; the Slurm form.
+"""Validate a Slurm request: the partition, the resources, the node, the binds, the site options.
 
 Pure: no I/O. The user's values arrive from a form or from a REST request
 body and may be hostile; they are checked in two stages, both before any
@@ -7,16 +7,28 @@ partitions sinfo showed and the admin's limits (``validate_slurm_options``).
 A refused value raises OptionsError whose message names the field first and
 the allowed range. The admin's settings are checked here too; their errors
 name the setting. Accepted values later travel as argv words to ``sbatch``.
+The site options (account, QOS, reservation, constraint) are slurm_site.py's.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..request import Bind, OptionsError, parse_binds, show_value
 from .nodes import HOSTNAME_RE, _valid_ip
+from .slurm_gpus import check_gpu_type_format, choose_gpu_type, gpu_counts, gpu_summary
+from .slurm_site import (
+    SITE_FIELDS,
+    SiteChoice,
+    SiteOptions,
+    check_site_format,
+    choose_site,
+    listed,
+    partition_accounts,
+    split_entry,
+)
 
 SETTING = "c.RemoteSingularitySpawner."
 # Slurm's job states (squeue %T), decided here alone: slurm_job.sh reports them as they are
@@ -24,17 +36,10 @@ SETTING = "c.RemoteSingularitySpawner."
 WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"})
 # ... and in one of these it holds (or waits for) it; any other state (or GONE) has ended.
 HOLDING_STATES = WAITING_STATES | {"RUNNING", "COMPLETING"}
-REQUEST_KEYS = ("partition", "cpus", "memory", "gpus", "time", "host", "binds")  # user_options
+REQUEST_KEYS = ("partition", "cpus", "memory", "gpus", "gpu_type", "time", "host", "binds", *SITE_FIELDS)
 RESOURCES = {"cpus": "cpus", "memory": "memory_mb", "gpus": "gpus", "time": "time_minutes"}
 DEFAULTS = {"cpus": 1, "memory": "1G", "gpus": 0, "time": "1:00:00"}
 TIME_FORMATS = "minutes, MM:SS, H:MM:SS, D-H, D-H:MM or D-H:MM:SS"
-# Options the spawner gives sbatch itself, or that would override them.
-SBATCH_OWN = (
-    "wrap", "output", "error", "job-name", "partition", "cpus-per-task", "mem", "time", "gpus",
-    "nodelist", "chdir", "parsable", "nodes", "ntasks", "mem-per-cpu", "mem-per-gpu",
-    "gpus-per-node", "gpus-per-task", "cpus-per-gpu", "wait", "test-only", "array",
-    "requeue", "no-requeue",
-)  # fmt: skip
 
 _PARTITION_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _COUNT_RE = re.compile(r"[0-9]{1,9}")
@@ -48,17 +53,17 @@ _COUNTS = (
     "nodes_idle", "nodes_total", "cpus_idle", "cpus_total", "cpus_per_node", "memory_mb_per_node",
     "gpus_per_node",
 )  # fmt: skip
-_SBATCH_ARG_RE = re.compile(r"--([a-z][a-z0-9-]*)(=[A-Za-z0-9_.,:/@%+=-]+)?")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The admin's limits of one partition (None: no limit from the admin)."""
+    """The admin's settings of one partition: limits (None: no limit from the admin), site options."""
 
     cpus: int | None = None
     memory_mb: int | None = None
     gpus: int | None = None
     time_minutes: int | None = None
+    site: SiteOptions = SiteOptions()
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,12 @@ class Resources:
     memory_mb: int
     gpus: int
     time_minutes: int
+    gpu_type: str | None = None  # a GPU type of the partition's GRES (None: any)
 
     def to_dict(self) -> dict:
         memory, time = format_memory(self.memory_mb), format_time(self.time_minutes)
-        return {"cpus": self.cpus, "memory": memory, "gpus": self.gpus, "time": time}
+        typed = {"gpu_type": self.gpu_type} if self.gpu_type else {}
+        return {"cpus": self.cpus, "memory": memory, "gpus": self.gpus, **typed, "time": time}
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,13 @@ class Partition:
     gpus_per_node: int
     max_time_minutes: int | None
     default: bool = False
+    # The user's accounts here, from their Slurm associations (None: not known, and why).
+    accounts: tuple[str, ...] | None = None
+    accounts_note: str = ""
+    # GPUs of the partition's nodes, and their GRES types (slurm_gpus.py).
+    gpus_idle: int = 0
+    gpus_total: int = 0
+    gpu_types: tuple[str, ...] = ()
 
     @classmethod
     def from_reply(cls, data: dict) -> Partition:
@@ -106,12 +120,23 @@ class Partition:
         available, default = data.get("available"), data.get("default", False)
         if not isinstance(available, bool) or not isinstance(default, bool):
             raise ValueError(f"partition {show_value(name)}: available or default is not true or false")
+        counts |= gpu_counts(data, name, _reply_count)
         return cls(name, available, tuple(nodes), max_time_minutes=max_time, default=default, **counts)
+
+    @classmethod
+    def all_from_reply(cls, data: dict) -> list[Partition]:
+        """The partitions of ``slurm_job.sh partitions``'s reply, each with the user's accounts there."""
+        found = []
+        for item in data.get("partitions", []):
+            partition = cls.from_reply(item)
+            accounts, note = partition_accounts(data, partition.name)
+            found.append(replace(partition, accounts=accounts, accounts_note=note))
+        return found
 
     def summary(self) -> str:
         """A few words for a person, e.g. ``2/2 nodes idle, 3/4 CPUs idle``."""
         nodes = f"{self.nodes_idle}/{self.nodes_total} nodes idle"
-        text = f"{nodes}, {self.cpus_idle}/{self.cpus_total} CPUs idle"
+        text = f"{nodes}, {self.cpus_idle}/{self.cpus_total} CPUs idle{gpu_summary(self)}"
         return text if self.available else text + ", down"
 
 
@@ -145,11 +170,13 @@ class SlurmRequest:
     resources: Resources
     host: str | None
     binds: tuple[Bind, ...]
+    site: SiteChoice = SiteChoice()
 
     def to_dict(self) -> dict:
         """The request as ``user_options``: validating it again gives the same request."""
         binds = [b.spec for b in self.binds]
-        return {"partition": self.partition, **self.resources.to_dict(), "host": self.host, "binds": binds}
+        resources, site = self.resources.to_dict(), self.site.to_dict()
+        return {"partition": self.partition, **resources, "host": self.host, "binds": binds, **site}
 
 
 def job_ended(state: str) -> bool:
@@ -251,7 +278,8 @@ def parse_partition_limits(value) -> dict[str, Limits]:
                 f"{prefix}{show_value(str(name))} is not a partition name (letters, digits, _ . -)"
             )
         try:
-            limits[name] = Limits(**_resources(entry))
+            resources, site = split_entry(entry)
+            limits[name] = Limits(**_resources(resources), site=site)
         except ValueError as e:
             raise ValueError(f"{prefix}partition {name}: {e}") from None
     return limits
@@ -263,27 +291,6 @@ def parse_defaults(value) -> Resources:
         return Resources(**{**_resources(DEFAULTS), **_resources(value)})
     except ValueError as e:
         raise ValueError(f"{SETTING}slurm_default_resources: {e}") from None
-
-
-def check_sbatch_args(value) -> tuple[str, ...]:
-    """The ``slurm_sbatch_args`` setting: ``--name`` or ``--name=value`` words sbatch gets as they are."""
-    prefix = f"{SETTING}slurm_sbatch_args: "
-    if value is None:
-        return ()
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{prefix}not a list of words, but {type(value).__name__}")
-    for item in value:
-        match = _SBATCH_ARG_RE.fullmatch(item) if isinstance(item, str) else None
-        if match is None:
-            raise ValueError(
-                f"{prefix}{show_value(str(item))} is not one word --name or --name=value "
-                "(name: a-z 0-9 -; value: letters, digits and _ . , : / @ % + = -)"
-            )
-        # sbatch takes an unambiguous abbreviation of a long option as the option.
-        own = next((o for o in SBATCH_OWN if o.startswith(match[1])), None)
-        if own is not None:
-            raise ValueError(f"{prefix}{show_value(item)} sets --{own}, which the spawner sets itself")
-    return tuple(value)
 
 
 def check_slurm_format(raw) -> dict:
@@ -304,7 +311,9 @@ def check_slurm_format(raw) -> dict:
     ):
         raise OptionsError(f"host {show_value(str(host))} is not a host name or an IP address")
     values = {RESOURCES[k]: parse(given[k], k) if k in given else None for k, parse in _PARSERS.items()}
-    return {"partition": partition, **values, "host": host, "binds": parse_binds(raw.get("binds"))}
+    binds, site = parse_binds(raw.get("binds")), check_site_format(given)
+    values["gpu_type"] = check_gpu_type_format(given.get("gpu_type"))
+    return {"partition": partition, **values, "host": host, "binds": binds, "site": site}
 
 
 def allowed_partitions(partitions: Mapping[str, Partition], limits: Mapping[str, Limits]) -> list[str]:
@@ -320,12 +329,14 @@ def default_partition(partitions: Mapping[str, Partition], limits: Mapping[str, 
 
 
 def effective_limits(partition: Partition, limits: Limits) -> Limits:
-    """The stricter of the admin's limits and the partition's nodes (time None: no limit)."""
+    """The stricter of the admin's limits and the partition's nodes (time None: no limit), and
+    the admin's site options."""
 
     def least(*values):
         return min((v for v in values if v is not None), default=None)
 
-    return Limits(
+    return replace(
+        limits,
         cpus=least(limits.cpus, partition.cpus_per_node),
         memory_mb=least(limits.memory_mb, partition.memory_mb_per_node),
         gpus=least(limits.gpus, partition.gpus_per_node),
@@ -349,11 +360,11 @@ def validate_slurm_options(
         raise OptionsError("partition: no Slurm partition is available to you right now")
     name = given["partition"] or default_partition(partitions, limits)
     if name not in allowed:
-        raise OptionsError(f"partition {show_value(name)} is not one you may use: {_names(allowed)}")
+        raise OptionsError(f"partition {show_value(name)} is not one you may use: {listed(allowed)}")
     partition = partitions[name]
     if not partition.available:
         up = [n for n in allowed if partitions[n].available]
-        raise OptionsError(f"partition {name} is down; please choose another: {_names(up) or 'none is up'}")
+        raise OptionsError(f"partition {name} is down; please choose another: {listed(up) or 'none is up'}")
     top = effective_limits(partition, limits.get(name, Limits()))
     chosen = lowered_defaults(defaults, top)
     for field, key in RESOURCES.items():
@@ -364,14 +375,11 @@ def validate_slurm_options(
             bounds = f"{show(low)} to {show(high)}" if high is not None else f"at least {show(low)}"
             raise OptionsError(f"{field} {show(value)} is out of range for partition {name}: {bounds}")
         chosen = replace(chosen, **{key: value})
+    chosen = replace(chosen, gpu_type=choose_gpu_type(given["gpu_type"], chosen.gpus, partition))
     host = given["host"]
     if host is not None and host not in partition.nodes:
         raise OptionsError(
-            f"host {show_value(host)} is not a node of partition {name}: {_names(partition.nodes)}"
+            f"host {show_value(host)} is not a node of partition {name}: {listed(partition.nodes)}"
         )
-    return SlurmRequest(partition=name, resources=chosen, host=host, binds=given["binds"])
-
-
-def _names(names: Sequence[str], limit: int = 20) -> str:
-    """Names for a message; a long list is cut short."""
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    site = choose_site(given["site"], limits.get(name, Limits()).site, partition)
+    return SlurmRequest(partition=name, resources=chosen, host=host, binds=given["binds"], site=site)

@@ -66,6 +66,47 @@ submit() {
   run ! grep -q -e '^--gpus' -e '^--nodelist' < <(stand_in_argv sbatch 2)
 }
 
+@test "submit: a GPU type goes with the count, --gpus=TYPE:COUNT; without a count, or malformed, exit 64" {
+  stand_in sbatch <<<'printf "7\n"'
+  run -0 --separate-stderr submit --gpus 1 --gpu-type a100
+  [ "$(stand_in_argv sbatch | grep '^--gpus')" = "--gpus=a100:1" ]
+  run -64 --separate-stderr submit --gpu-type a100
+  [[ "${stderr}" == *"--gpu-type needs --gpus of at least 1"* ]]
+  run -64 --separate-stderr submit --gpus 1 --gpu-type 'a100:2,b'
+  [[ "${stderr}" == *"--gpu-type needs a GPU type name"* ]]
+  [ "$(stand_in_calls sbatch)" = 1 ]
+}
+
+@test "submit: account, QOS, reservation and constraint go to sbatch as one word each" {
+  stand_in sbatch <<<'printf "8\n"'
+  run -0 --separate-stderr submit --account proj1 --qos high --reservation maint,rsv2 \
+    --constraint '[rack1|rack2]&ib' --sbatch-arg '--exclude=node[01-04]'
+  [ "${output}" = '{"job_id": "8"}' ]
+  [ "$(stand_in_argv sbatch)" = "$(words --parsable --job-name=jupyter-alice --partition=debug \
+    --nodes=1 --ntasks=1 --cpus-per-task=2 --mem=1500M --time=60 --no-requeue \
+    --account=proj1 --qos=high --reservation=maint,rsv2 '--constraint=[rack1|rack2]&ib' \
+    "--output=${HOME}/.rss/slurm/slurm-%j.log" "--chdir=${HOME}" '--exclude=node[01-04]' \
+    '--wrap=exec sleep infinity')" ]
+}
+
+@test "submit: a site option's value is never an option of its own, nor run; an empty one is exit 64" {
+  stand_in sbatch <<<'printf "9\n"'
+  local pwned="${BATS_TEST_TMPDIR}/pwned"
+  run -0 --separate-stderr submit --account '--wrap=id' --qos "x;touch ${pwned}" \
+    --reservation "\$(touch ${pwned})" --constraint "a|\`touch ${pwned}\`"
+  run -0 grep -cxF -e "--account=--wrap=id" -e "--qos=x;touch ${pwned}" -e "--reservation=\$(touch ${pwned})" \
+    -e "--constraint=a|\`touch ${pwned}\`" < <(stand_in_argv sbatch)
+  [ "${output}" = 4 ]
+  [ "$(stand_in_argv sbatch | grep -c '^--wrap=')" = 1 ]
+  [ ! -e "${pwned}" ]
+  local option
+  for option in account qos reservation constraint; do
+    run -64 --separate-stderr submit "--${option}" ''
+    [[ "${stderr}" == *"--${option} needs a value"* ]]
+  done
+  [ "$(stand_in_calls sbatch)" = 1 ]
+}
+
 @test "submit: sbatch's own error is passed on with exit 11" {
   stand_in sbatch <<'EOF'
 printf 'sbatch: error: Batch job submission failed: Invalid partition name specified\n' >&2
@@ -258,8 +299,10 @@ case "$*" in
       'gpu|up|0/1/0/1|0/8/0/8|8|64000+|gpu:a100:4(S:0,1),gpu:v100:2,mps:100|2-00:00:00' \
       'gpu|up|1/0/0/1|16/0/0/16|16|128000|gpu:4|2-00:00:00' \
       'long|down|0/0/0/0|0/0/0/0|0|0|(null)|infinite' ;;
-  "-h -N -o %P|%N")
-    printf '%s\n' 'debug*|rss-node1' 'debug*|rss-node2' 'debug*|rss-node3' 'gpu|gpu1' 'gpu|gpu2' 'gpu|gpu1' ;;
+  "-h -N -O Partition:0|,NodeList:0|,Gres:0|,GresUsed:0")
+    printf '%s\n' 'debug*|rss-node1|(null)|(null)' 'debug*|rss-node2|(null)|(null)' \
+      'debug*|rss-node3|(null)|(null)' 'gpu|gpu1|gpu:a100:4(S:0,1),gpu:v100:2,mps:100|gpu:a100:1(IDX:0),mps:0' \
+      'gpu|gpu2|gpu:4|gpu:4(IDX:0-3)' 'gpu|gpu1|gpu:a100:4(S:0,1),gpu:v100:2,mps:100|gpu:a100:1(IDX:0),mps:0' ;;
   *) exit 99 ;;
 esac
 EOF
@@ -268,13 +311,16 @@ EOF
   json_is "${output}" '{"partitions": [
     {"name": "debug", "default": true, "available": true, "nodes": ["rss-node1", "rss-node2", "rss-node3"],
      "nodes_idle": 1, "nodes_total": 3, "cpus_idle": 3, "cpus_total": 6, "cpus_per_node": 2,
-     "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time": "1:00:00"},
+     "memory_mb_per_node": 2000, "gpus_per_node": 0, "max_time": "1:00:00",
+     "gpus_idle": 0, "gpus_total": 0, "gpu_types": []},
     {"name": "gpu", "default": false, "available": true, "nodes": ["gpu1", "gpu2"],
      "nodes_idle": 1, "nodes_total": 2, "cpus_idle": 8, "cpus_total": 24, "cpus_per_node": 16,
-     "memory_mb_per_node": 128000, "gpus_per_node": 6, "max_time": "2-00:00:00"},
+     "memory_mb_per_node": 128000, "gpus_per_node": 6, "max_time": "2-00:00:00",
+     "gpus_idle": 5, "gpus_total": 10, "gpu_types": ["a100", "v100"]},
     {"name": "long", "default": false, "available": false, "nodes": [],
      "nodes_idle": 0, "nodes_total": 0, "cpus_idle": 0, "cpus_total": 0, "cpus_per_node": 0,
-     "memory_mb_per_node": 0, "gpus_per_node": 0, "max_time": "infinite"}]}'
+     "memory_mb_per_node": 0, "gpus_per_node": 0, "max_time": "infinite",
+     "gpus_idle": 0, "gpus_total": 0, "gpu_types": []}]}'
 }
 
 @test "partitions: each time limit as sinfo prints it (the spawner reads it: slurm_request.py)" {
@@ -290,6 +336,76 @@ EOF
   run -0 python3 -c 'import json,sys; print(" ".join(p["max_time"] for p in json.loads(sys.argv[1])["partitions"]))' \
     "${output}"
   [ "${output}" = "${limits[*]}" ]
+}
+
+# A sinfo that shows one partition, debug, on rss-node1.
+one_partition() {
+  stand_in sinfo <<'EOF'
+case "$*" in
+  "-h -o %P|%a|%F|%C|%c|%m|%G|%l") printf 'debug*|up|1/1/0/2|1/3/0/4|2|2000|(null)|1:00:00\n' ;;
+  "-h -N -O Partition:0|,NodeList:0|,Gres:0|,GresUsed:0") printf 'debug*|rss-node1|(null)|(null)\n' ;;
+  *) exit 99 ;;
+esac
+EOF
+}
+
+# scontrol show config, as Slurm prints it, with AccountingStorageType $1.
+scontrol_config() {
+  stand_in scontrol <<EOF
+[ "\$*" = "show config" ] || exit 99
+printf '%s\n' 'Configuration data as of 2024-05-01T10:00:00' 'AccountingStorageHost   = (null)' \
+  'AccountingStorageType   = $1' 'ClusterName             = rss' 'SLURM_VERSION           = 22.05.8'
+EOF
+}
+
+# The members of the partitions reply but "partitions", as JSON.
+reply_but_partitions() {
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.pop("partitions"); print(json.dumps(d))' "$1"
+}
+
+@test "partitions --associations: with accounting, the user's associations on this cluster" {
+  one_partition
+  scontrol_config accounting_storage/slurmdbd
+  stand_in sacctmgr <<'EOF'
+printf '%s\n' 'proj1|' 'gpu-proj|gpu' 'we"ird|'
+EOF
+  run -0 --separate-stderr slurm_job partitions --associations
+  [ "$(wc -l <<<"${output}")" = 1 ]
+  json_is "$(reply_but_partitions "${output}")" '{"accounting": true, "associations": [
+    {"account": "proj1", "partition": ""}, {"account": "gpu-proj", "partition": "gpu"},
+    {"account": "we\"ird", "partition": ""}]}'
+  [ "$(stand_in_argv sacctmgr)" = "$(words -n -P show associations where "user=$(id -un)" cluster=rss \
+    format=account,partition)" ]
+}
+
+@test "partitions --associations: accounting off, or sacctmgr failing, is said and is no failure" {
+  one_partition
+  scontrol_config accounting_storage/none
+  stand_in sacctmgr <<<'exit 99'
+  run -0 --separate-stderr slurm_job partitions --associations
+  json_is "$(reply_but_partitions "${output}")" '{"accounting": false}'
+  [ "$(stand_in_calls sacctmgr)" = 0 ]
+  scontrol_config accounting_storage/slurmdbd
+  stand_in sacctmgr <<'EOF'
+printf 'sacctmgr: error: Problem talking to the database: Connection refused\n' >&2
+exit 1
+EOF
+  run -0 --separate-stderr slurm_job partitions --associations
+  json_is "$(reply_but_partitions "${output}")" '{"accounting": true, "associations": null,
+    "associations_error": "sacctmgr failed: sacctmgr: error: Problem talking to the database: Connection refused"}'
+  stand_in scontrol <<<'printf "slurm_load_ctl_conf error: Unable to contact slurm controller\n" >&2; exit 1'
+  run -0 --separate-stderr slurm_job partitions --associations
+  [ "$(json_field "${output}" accounting)" = None ]
+  [[ "$(json_field "${output}" associations_error)" == "scontrol show config failed: slurm_load_ctl_conf error"* ]]
+}
+
+@test "partitions: without --associations neither scontrol nor sacctmgr is asked" {
+  one_partition
+  scontrol_config accounting_storage/slurmdbd
+  run -0 --separate-stderr slurm_job partitions
+  [ "$(reply_but_partitions "${output}")" = '{}' ]
+  [ "$(stand_in_calls scontrol)" = 0 ]
+  run -64 --separate-stderr slurm_job partitions --bogus
 }
 
 @test "partitions: sinfo failing is exit 11 with its message" {

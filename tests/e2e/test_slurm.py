@@ -78,12 +78,16 @@ def squeue_all(user) -> str:
     ).stdout  # fmt: skip
 
 
-def job_of_server(node, user) -> str:
-    """SLURM_JOB_ID in the environment of the user's server process on *node*."""
+def server_environ(node, user) -> dict:
+    """The environment of the user's server process on *node*."""
     (server,) = servers_of(node, user)
     environ = cluster_mod.node_run(node, ["cat", f"/proc/{server['pid']}/environ"]).stdout
-    values = dict(item.split("=", 1) for item in environ.split("\0") if "=" in item)
-    return values.get("SLURM_JOB_ID", "")
+    return dict(item.split("=", 1) for item in environ.split("\0") if "=" in item)
+
+
+def job_of_server(node, user) -> str:
+    """SLURM_JOB_ID in the environment of the user's server process on *node*."""
+    return server_environ(node, user).get("SLURM_JOB_ID", "")
 
 
 def test_a_server_runs_inside_the_users_job_and_is_reached_through_the_proxy(hub):
@@ -107,6 +111,20 @@ def test_named_servers_of_two_users_on_both_nodes_by_partition_and_by_host(hub):
     assert (alice["node"], bob["node"]) == ("rss-node1", "rss-node2")
     assert job_of_server("rss-node1", "rss-alice") == alice["id"]
     assert job_of_server("rss-node2", "rss-bob") == bob["id"]
+
+
+def test_a_job_with_a_gpu_runs_on_the_gpu_node_with_its_devices_and_nv(hub):
+    """No gpu_nodes in the Hub's configuration: Slurm's GRES alone puts the job and gives --nv."""
+    r = hub.spawn("rss-alice", options={**ASK, "gpus": 1, "gpu_type": slurm_cluster.GPU_TYPE})
+    assert r.status_code in (201, 202), r.text
+    model = hub.wait_ready("rss-alice")
+    (job,) = running_jobs("rss-alice")
+    assert job["node"] == slurm_cluster.GPU_NODE, job
+    environ = server_environ(job["node"], "rss-alice")
+    assert environ.get("CUDA_VISIBLE_DEVICES") in ("0", "1"), "Slurm's GPU reached the server"
+    log = cluster_mod.node_run(job["node"], ["cat", model["state"]["log_path"]]).stdout
+    assert "Could not find any nv files on this host!" in log, "--nv reached the runtime"
+    assert hub.through_proxy("rss-alice").status_code == 200
 
 
 def test_a_server_ends_with_its_time_limit_and_the_hub_says_so_within_a_poll(hub):
@@ -197,6 +215,16 @@ def test_a_bad_value_is_refused_with_a_400_naming_the_field_and_sbatch_never_ran
     assert hub.server_model("rss-bob") is None
 
 
+def test_a_gpu_type_the_partition_has_not_is_refused_naming_it_and_sbatch_never_ran(hub):
+    before = squeue_all("rss-bob")
+    r = hub.spawn("rss-bob", options={**ASK, "gpus": 1, "gpu_type": "a100"})
+    assert r.status_code == 400, r.text
+    expected = f"gpu_type 'a100' is not a GPU type of partition debug: {slurm_cluster.GPU_TYPE}"
+    assert r.json()["message"] == f"Cannot start your server: {expected}", r.json()
+    assert squeue_all("rss-bob") == before
+    assert hub.server_model("rss-bob") is None
+
+
 def test_a_restarted_hub_keeps_polls_and_stops_slurm_servers(hub):
     hub.spawn("rss-alice", options=ASK)
     hub.wait_ready("rss-alice")
@@ -219,6 +247,9 @@ def test_the_form_shows_the_partitions_with_their_idle_nodes_and_cpus(hub):
     assert 'name="partition"' in page
     assert "debug" in page and "small" in page
     assert "nodes idle" in page and "CPUs idle" in page
+    gpus = slurm_cluster.GPU_COUNT
+    assert f"{gpus}/{gpus} GPUs free ({slurm_cluster.GPU_TYPE})" in page
+    assert f'<option value="{slurm_cluster.GPU_TYPE}">' in page
 
 
 def test_a_count_that_is_not_a_number_is_refused_naming_the_field(hub):

@@ -8,7 +8,6 @@ from remotesingularityspawner.placement.slurm_request import (
     Partition,
     Resources,
     SlurmRequest,
-    check_sbatch_args,
     check_slurm_format,
     format_memory,
     format_time,
@@ -19,6 +18,7 @@ from remotesingularityspawner.placement.slurm_request import (
     parse_time_limit,
     validate_slurm_options,
 )
+from remotesingularityspawner.placement.slurm_site import SiteChoice, check_sbatch_args
 from remotesingularityspawner.request import Bind, OptionsError
 
 
@@ -194,8 +194,11 @@ def test_format_normalizes_and_takes_strings_of_digits_from_a_form():
         "time_minutes": 30,
         "host": "rss-node1",
         "binds": (),
+        "site": SiteChoice(),
+        "gpu_type": None,
     }
-    empty = dict.fromkeys(["partition", "cpus", "memory_mb", "gpus", "time_minutes", "host"]) | {"binds": ()}
+    empty = dict.fromkeys(["partition", "cpus", "memory_mb", "gpus", "time_minutes", "host", "gpu_type"])
+    empty |= {"binds": (), "site": SiteChoice()}
     assert check_slurm_format({}) == check_slurm_format(None) == check_slurm_format({"host": ""}) == empty
     assert check_slurm_format({"host": "10.0.0.9"})["host"] == "10.0.0.9"
     assert check_slurm_format({"host": "fd00::9"})["host"] == "fd00::9"

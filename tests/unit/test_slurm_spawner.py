@@ -30,12 +30,13 @@ class Queue:
     def __init__(self, node="rss-node2", address="", pending=0, reason="Resources", job="4242"):
         self.node, self.address, self.pending, self.reason, self.job = node, address, pending, reason, job
         self.calls = []
+        self.partitions = [DEBUG, SMALL]
 
     def __call__(self, args, stdin):
         self.calls.append(list(args))
         action = args[0]
         if action == "partitions":
-            return reply(partitions=[DEBUG, SMALL])
+            return reply(partitions=self.partitions)
         if action == "submit":
             return reply(job_id=self.job)
         if action == "cancel":
@@ -98,6 +99,21 @@ async def test_a_spawn_submits_a_job_waits_in_the_queue_and_starts_the_server_in
     assert "allocated node rss-node2 (job 4242)" in messages
     saved = s.get_state()
     assert (saved["job_id"], saved["partition"], saved["node"]) == ("4242", "debug", "rss-node2")
+
+
+@pytest.mark.parametrize("gpus, nv", [(1, True), (0, False)])
+async def test_a_job_with_gpus_gets_the_gpu_args_on_any_node(slurm_spawner, fake_ssh, queue, gpus, nv):
+    queue.partitions = [{**DEBUG, "gpus_per_node": 2}]
+    node2 = fake_ssh.node("10.0.0.12")
+    node2.on("start_singleuser.sh", reply(pid=9, start_time=5, port=50000))
+    s = slurm_spawner(gpu_nodes=[])  # rss-node2 is not listed as a GPU node
+    s.user_options = {**s.user_options, "gpus": gpus}
+    await s.start()
+    submit = next(c for c in queue.calls if c[0] == "submit")
+    assert ("--gpus" in submit) == nv
+    start = node2.runs[-1].args
+    runtime_args = [start[i + 1] for i, a in enumerate(start) if a == "--singularity-arg"]
+    assert ("--nv" in runtime_args) == nv, runtime_args
 
 
 async def test_a_node_not_in_the_node_list_is_reached_at_slurms_node_address(slurm_spawner, fake_ssh, queue):
