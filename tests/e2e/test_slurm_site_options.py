@@ -2,17 +2,11 @@
 and constraint a user chooses reach the job as Slurm records it (``scontrol show job``), and
 hostile or unoffered values are 400s with nothing submitted.
 
-DRAFT, not yet run. What the test cluster (tests/slurm_cluster.py) needs for it:
-
-* node features, for the constraint: ``Features=rack1,ib`` on rss-node1 and
-  ``Features=rack2,ib`` on rss-node2 in the NodeName lines of slurm.conf (without
-  them the constraint tests are skipped, saying so);
-* Slurm accounting (slurmdbd with MariaDB, ``AccountingStorageType=
-  accounting_storage/slurmdbd``, a QOS ``normal`` and associations of the test users)
-  for the QOS: without it slurmctld keeps no QOS for a job (``QOS=(null)``), and the
-  QOS test is skipped, saying so. The account needs nothing: without accounting
-  slurmctld keeps the name it is given (lowercased) as the job's Account.
-* the reservation is made here, as root, with ``scontrol create reservation``.
+What the test cluster (tests/slurm_cluster.py) gives them: node features rack1,ib on
+rss-node1 and rack2,ib on rss-node2 for the constraint. It has no Slurm accounting
+(slurmdbd): slurmctld then keeps no QOS for a job (``QOS=(null)``), so the QOS test is
+skipped, saying so; the account needs nothing (slurmctld keeps the name it is given). The
+reservation is made here, as root, with ``scontrol create reservation``.
 """
 
 from __future__ import annotations
