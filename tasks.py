@@ -265,9 +265,11 @@ def demo(c, image="", singularity="", port=8000, keep_cluster=False, slurm=False
         "quick": "a short smoke run (6 servers, 3 spawns, a storm of 4; with --scale: N = 48 only)",
         "scale": "the scale run instead: 48, 120 and 240 users with a server each (default JSON "
         "bench-results/scale.json)",
+        "slurm": "with --scale: placement slurm beside placement ssh at 48 and 120 servers, with "
+        "slurmctld's RPCs per poll round (default JSON bench-results/scale-slurm.json)",
     }
 )
-def bench(c, n=48, spawns=10, storm=24, json="", quick=False, scale=False):
+def bench(c, n=48, spawns=10, storm=24, json="", quick=False, scale=False, slurm=False):
     """Measure this spawner against LocalProcessSpawner on the local test cluster (as root).
 
     Prints one table (spawn latency, poll round, Hub restart, a spawn storm, Hub
@@ -281,6 +283,13 @@ def bench(c, n=48, spawns=10, storm=24, json="", quick=False, scale=False):
     with c.cd(str(ROOT)):
         # Measure what `pip install` gives a hub admin, as the tests do.
         c.run(f"{sys.executable} -m pip install --quiet --no-deps --force-reinstall .", hide="out")
+    if scale and slurm:
+        import bench_slurm_scale  # noqa: PLC0415 - tests/ is not a package
+
+        command = "invoke bench --scale --slurm" + (" --quick" if quick else "")
+        json_path = ROOT / (json or "bench-results/scale-slurm.json")
+        bench_slurm_scale.run(bench_slurm_scale.settings(quick), json_path, command)
+        return
     if scale:
         import bench_scale  # noqa: PLC0415 - tests/ is not a package
 

@@ -77,10 +77,27 @@ def user_names(n: int) -> list[str]:
 
 
 def servers(names: Sequence[str], nodes: Sequence[str]) -> list[Server]:
-    """Each user's default server; with *nodes*, users alternate between them."""
+    """Each user's default server; with *nodes*, users alternate between them (with none, the
+    spawner's defaults: LocalProcessSpawner's, or Slurm's partition and resources)."""
     return [
         Server(name, "", {"host": nodes[i % len(nodes)]} if nodes else {}) for i, name in enumerate(names)
     ]
+
+
+_RPC_COUNT = re.compile(r"^\s+[A-Z_]+\s+\(\s*\d+\)\s+count:(\d+)", re.MULTILINE)
+
+
+def controller_rpcs() -> int | None:
+    """RPCs slurmctld has received so far (sdiag, by message type); None without Slurm."""
+    import slurm_cluster  # noqa: PLC0415 - only where Slurm runs
+
+    if not slurm_cluster.CONF.exists():
+        return None
+    out = slurm_cluster._run(["sdiag"], check=False)
+    if out.returncode != 0:
+        return None
+    by_type = out.stdout.split("by message type", 1)[-1].split("by user", 1)[0]
+    return sum(int(n) for n in _RPC_COUNT.findall(by_type))
 
 
 # --------------------------------------------------------------------------- what is read
@@ -119,6 +136,7 @@ def ready_count(hub: Hub, names: Sequence[str]) -> int:
 
 def poll_rounds(hub: Hub, rounds: int) -> dict:
     sshd_before = bench.accepted_logins()
+    rpcs_before = controller_rpcs()
     results = []
     for _ in range(rounds):
         busy = machine_busy_seconds()
@@ -135,6 +153,8 @@ def poll_rounds(hub: Hub, rounds: int) -> dict:
         "ssh_connections_opened": sum(r["ssh_connections_opened"] for r in results),
         "ssh_channels_opened": sum(r["ssh_channels_opened"] for r in results),
         "sshd_logins": bench.accepted_logins() - sshd_before,
+        # Every RPC slurmctld received during the rounds (also the nodes' own, a few a minute).
+        "controller_rpcs": None if rpcs_before is None else controller_rpcs() - rpcs_before,
     }
 
 
@@ -208,10 +228,13 @@ def running(hub: Hub, names: Sequence[str], workers: int) -> Iterator[Hub]:
         hub.stop()
 
 
-def run_side(c, s: Settings, workdir: Path, offset: int, extra: str, remote: bool, say) -> dict:
-    """Every step with one spawner; the servers are added step by step."""
+def run_side(
+    c, s: Settings, workdir: Path, offset: int, extra: str, remote: bool, say, choose_node: bool = True
+) -> dict:
+    """Every step with one spawner; the servers are added step by step. *choose_node*: spread the
+    servers over the nodes (placement ssh), else let the spawner place them."""
     names = user_names(max(s.steps))
-    nodes = [n.name for n in c.nodes] if remote else []
+    nodes = [n.name for n in c.nodes] if remote and choose_node else []
     plan = servers(names, nodes)
     out: dict = {"steps": []}
     with running(bench.new_hub(c, workdir, offset, extra), names, s.workers) as hub:
@@ -397,18 +420,25 @@ def run(settings: Settings, json_path: Path, command: str) -> dict:
                     kept = json_path.with_suffix(f".{side}-hub.log")
                     shutil.copyfile(workdir / side / "jupyterhub.log", kept)
             shutil.rmtree(workdir, ignore_errors=True)
-    info["load_average_at_end"] = os.getloadavg()
     table_rows = rows(settings, ours, local)
+    sides = {"ours": ours, "local": local}
+    return report(json_path, command, info, settings, sides, table_rows, table(table_rows), started)
+
+
+def report(json_path: Path, command: str, info: dict, settings, sides: dict, table_rows: list[dict],
+           text: str, started: float, **more) -> dict:  # fmt: skip
+    """Print the table and write the results, with every raw figure, as JSON; the results."""
+    info["load_average_at_end"] = os.getloadavg()
     results = {
         "command": command,
         "machine": info,
         "settings": asdict(settings),
+        **more,
         "server": "tests/light_server.py (stdlib HTTP; answers under its prefix)",
-        "ours": ours,
-        "local": local,
+        **sides,
         "table": table_rows,
         "wall_s": time.perf_counter() - started,
     }
-    bench.report(results, json_path, table(table_rows), f"; whole run {results['wall_s'] / 60:.1f} min")
+    bench.report(results, json_path, text, f"; whole run {results['wall_s'] / 60:.1f} min")
     return results
 

@@ -120,8 +120,9 @@ def _conf_text() -> str:
     # with linuxproc, a cancelled step's "Singularity runtime parent" and its server were
     # never signalled ("STEPD TERMINATED ... DUE TO JOB NOT ENDING WITH SIGNALS"), while a
     # plain process was. pgid signals the task's process group, which holds the server.
+    cpus, memory = _declared or (NODE_CPUS, NODE_MEMORY_MB)
     nodes = "\n".join(
-        f"NodeName={n.name} NodeAddr={n.ip} CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB}"
+        f"NodeName={n.name} NodeAddr={n.ip} CPUs={cpus} RealMemory={memory}"
         + f" Features={NODE_FEATURES[n.name]}"
         + (f" Gres=gpu:{GPU_TYPE}:{GPU_COUNT}" if n.name == GPU_NODE else "")
         + " State=UNKNOWN"
@@ -154,6 +155,7 @@ EnforcePartLimits=ALL
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=1
 ReturnToService=2
+{"SlurmdParameters=config_overrides" if _declared else ""}
 MailProg=/bin/true
 KillWait=5
 MinJobAge=300
@@ -428,6 +430,26 @@ def up() -> None:
                 _stop(_slurmd_pids(node))  # one left from the node's previous life, if any
                 _start_slurmd(node, init_pid)
         _wait_ready()
+
+
+# (CPUs, MB) declared per node instead of what the nodes have: see held_jobs().
+_declared: tuple[int, int] | None = None
+
+
+@contextlib.contextmanager
+def held_jobs(cpus_per_node: int, memory_mb_per_node: int) -> Iterator[None]:
+    """Slurm declares more CPUs and memory per node than there are (SlurmdParameters=
+    config_overrides), so that a scale run's hundreds of small jobs all run; afterwards every
+    job is cancelled and Slurm is as up() makes it."""
+    global _declared
+    _declared = (cpus_per_node, memory_mb_per_node)
+    try:
+        up()
+        yield
+    finally:
+        _declared = None
+        cancel_all()
+        up()
 
 
 def _stop_daemons() -> None:
